@@ -1,0 +1,132 @@
+"""The Analysis contract and the context an analysis runs in.
+
+An analysis is an object with ``run(ctx) -> dict | AnalysisResult``. Optional attributes:
+
+- ``requires``: names of analyses whose results it reads (``ctx.results[name]``); they run first.
+- ``needs_segmenter``: False if it never segments (default True).
+
+It streams samples with ``ctx.batches()`` and keeps only fixed-size statistics, saving them with
+``ctx.save_state`` between batches so an interrupted run can resume with ``ctx.load_state``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .errors import GandidError
+from .model import Trace, iter_chunks
+
+
+@dataclass
+class AnalysisResult:
+    data: dict
+    artefacts: list[str] = field(default_factory=list)  # paths relative to the output folder
+
+
+@dataclass
+class Batch:
+    """Samples [start, start + len(z)) of a stream."""
+
+    start: int
+    z: torch.Tensor  # (B, z_dim)
+    images: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    features: dict[str, torch.Tensor]  # layer -> (B, C, h, w)
+    labels: torch.Tensor | None  # (B, H, W) int segmentation of images, if asked for
+
+    @property
+    def seeds(self) -> range:
+        """Sample indices: with the stream's seed they reproduce each image."""
+        return range(self.start, self.start + len(self.z))
+
+
+class RunContext:
+    """What an analysis sees of the run: models, config, streaming, state, output folder."""
+
+    def __init__(self, *, name, config, generator, segmenter, layers, device, out_dir, progress, results):
+        self.name = name
+        self.config = config
+        self.generator = generator
+        self.segmenter = segmenter
+        self.layers = list(layers)
+        self.device = device
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.results = results
+        self.artefacts: list[str] = []
+
+    # -- streaming ------------------------------------------------------------------------
+    @torch.no_grad()
+    def batches(self, samples: int | None = None, seed: int | None = None, layers=None, segment: bool = True,
+                start: int = 0, description: str | None = None) -> Iterator[Batch]:
+        """Stream generated samples [start, samples) with features at ``layers`` (default: the run's)."""
+        samples = self.config.samples if samples is None else samples
+        seed = self.config.seed if seed is None else seed
+        layers = self.layers if layers is None else list(layers)
+        if segment and self.segmenter is None:
+            raise GandidError(f"analysis {self.name!r} needs a segmenter but none is configured (--segmenter)")
+        task = self.progress.add_task(description or self.name, total=samples, completed=start)
+        try:
+            for lo, hi in iter_chunks(samples, self.config.batch_size):
+                if hi <= start:
+                    continue
+                lo = max(lo, start)
+                z = self.generator.sample_z(hi - lo, seed, start=lo).to(self.device)
+                with Trace(self.generator, layers) as trace:
+                    images = self.generator.forward(z)
+                features = dict(trace.outputs)
+                for layer, value in [("output image", images), *features.items()]:
+                    if not torch.isfinite(value).all():
+                        raise GandidError(f"NaN or Inf in {layer} for samples {lo}..{hi - 1} (seed {seed}): "
+                                          "check the weights file and the device's numerics")
+                labels = self.segmenter.segment(images) if segment else None
+                yield Batch(lo, z, images, features, labels)
+                self.progress.advance(task, hi - lo)
+        finally:
+            self.progress.remove_task(task)
+
+    def track(self, iterable, total: int, description: str):
+        """Wrap any loop in a progress bar."""
+        task = self.progress.add_task(description, total=total)
+        try:
+            for item in iterable:
+                yield item
+                self.progress.advance(task)
+        finally:
+            self.progress.remove_task(task)
+
+    # -- options, state and files ---------------------------------------------------------------
+    @property
+    def options(self) -> dict:
+        return dict(self.config.analysis_options.get(self.name, {}))
+
+    @property
+    def _state_path(self) -> Path:
+        return self.out_dir / "state" / f"{self.name}.pt"
+
+    def save_state(self, state: dict) -> None:
+        """Persist fixed-size statistics (tensors, numbers, lists) so a resumed run continues here."""
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self._state_path)
+
+    def load_state(self) -> dict | None:
+        if not self._state_path.exists():
+            return None
+        return torch.load(self._state_path, weights_only=True)
+
+    def path(self, name: str) -> Path:
+        """Path for an artefact inside the output folder; it is listed in run.json."""
+        p = self.out_dir / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.artefacts.append(name)
+        return p
+
+    def write_json(self, name: str, data: Any) -> Path:
+        p = self.path(name)
+        p.write_text(json.dumps(data, indent=2))
+        return p

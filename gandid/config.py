@@ -1,0 +1,116 @@
+"""Run configuration: a TOML file plus command-line flags (flags win), validated before any work."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UnknownNameError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run. Same config + same seed = same numbers."""
+
+    generator: str = "toyroom"
+    weights: str | None = None
+    generator_options: dict[str, Any] = field(default_factory=dict)
+    segmenter: str | None = "toyroom"
+    seg_weights: str | None = None
+    segmenter_options: dict[str, Any] = field(default_factory=dict)
+    analysis: list[str] | None = None  # None: every installed analysis
+    analysis_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layer: list[str] = field(default_factory=list)  # empty: the generator's default layer
+    samples: int = 200
+    seed: int = 0
+    batch_size: int = 16
+    device: str = "auto"
+    out: str = "runs/default"
+    resume: bool = False
+    force: bool = False
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, base_dir: Path | None = None) -> "RunConfig":
+        """Build from a dict (TOML file, JSON or API call); unknown keys are errors with suggestions."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        clean = {}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            name = {"analyses": "analysis", "layers": "layer"}.get(name, name)
+            if name not in known:
+                raise UnknownNameError("config key", key, sorted(known))
+            clean[name] = value
+        for key in ("analysis", "layer"):
+            if isinstance(clean.get(key), str):
+                clean[key] = split_list([clean[key]])
+        if base_dir is not None:  # paths in a file are relative to that file
+            for key in ("weights", "seg_weights", "out"):
+                if clean.get(key) and not Path(clean[key]).is_absolute():
+                    clean[key] = str(base_dir / clean[key])
+        return cls(**clean)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        return cls.from_dict(data, base_dir=path.resolve().parent)
+
+    def merged(self, overrides: dict) -> "RunConfig":
+        """A copy with every non-None override applied (flags over file)."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **values)
+
+    def check(self) -> None:
+        """Checks that need no plugin: types and ranges."""
+        def need_int(name, minimum):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        need_int("samples", 1)
+        need_int("batch_size", 1)
+        need_int("seed", 0)
+        if self.device not in DEVICES:
+            raise UnknownNameError("device", self.device, DEVICES)
+        if self.resume and self.force:
+            raise ConfigError("--resume and --force contradict each other: resume keeps the folder, force clears it")
+        if self.analysis is not None and not self.analysis:
+            raise ConfigError("no analysis selected (give --analysis NAME[,NAME...] or leave it out for all)")
+        for key in ("generator_options", "segmenter_options", "analysis_options"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"{key} must be a table of option = value")
+
+
+def split_list(values) -> list[str]:
+    """['a,b', 'c'] -> ['a', 'b', 'c'] (flags may be repeated or comma-separated)."""
+    out = []
+    for value in values or []:
+        out.extend(part.strip() for part in str(value).split(",") if part.strip())
+    return out
+
+
+def check_options(what: str, factory, options: dict) -> None:
+    """Refuse options the factory does not take, naming the closest valid ones."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in options:
+        if key not in valid:
+            raise UnknownNameError(f"option of {what}", key, valid)

@@ -1,0 +1,131 @@
+"""Generator and Segmenter protocols, layer descriptions, and layer hooking.
+
+The core talks to models only through these protocols; concrete models are plugins.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from .errors import UnknownNameError
+
+NORM_KINDS = ("pixelnorm", "instancenorm", "demod", "layernorm", "batchnorm")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A dissectable / intervenable layer: its output is (N, channels, height, width)."""
+
+    name: str
+    channels: int
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class NormSite:
+    """A normalisation whose coefficients (β) a DID can record and override.
+
+    ``layer`` names the layer whose output this site normalises (None if it is not a layer output,
+    e.g. the mapping network's pixel norm on z).
+    """
+
+    name: str
+    kind: str
+    layer: str | None = None
+
+
+@runtime_checkable
+class Generator(Protocol):
+    z_dim: int
+    resolution: int
+    layers: Sequence[LayerInfo]
+    norm_sites: Sequence[NormSite]
+
+    def sample_z(self, n: int, seed: int, start: int = 0) -> torch.Tensor:
+        """(n, z_dim) latents; row i depends only on (seed, start + i)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, z_dim) -> images (N, 3, H, W) in [-1, 1]."""
+
+    def layer_module(self, name: str) -> torch.nn.Module:
+        """The module whose forward output is layer ``name``'s features."""
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    labels: Sequence[str]
+
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> int labels (N, H, W) (or (N, K, H, W) multi-label)."""
+
+    def class_scores(self, images: torch.Tensor, c: int) -> torch.Tensor:
+        """Differentiable per-image score of class ``c``, (N,): e.g. its soft pixel fraction."""
+
+
+def normal_rows(seed: int, start: int, n: int, dim: int) -> torch.Tensor:
+    """(n, dim) standard normals; row i is drawn from its own stream keyed by (seed, start + i).
+
+    This is what makes a run's numbers independent of batch size and of how samples are split
+    across processes.
+    """
+    out = torch.empty(n, dim)
+    g = torch.Generator()
+    for i in range(n):
+        # A large odd multiplier keeps streams of neighbouring seeds apart.
+        g.manual_seed((int(seed) * 0x9E3779B97F4A7C15 + start + i) % (2**63 - 1))
+        out[i] = torch.randn(dim, generator=g)
+    return out
+
+
+def find_layer(generator: Generator, name: str) -> LayerInfo:
+    for info in generator.layers:
+        if info.name == name:
+            return info
+    raise UnknownNameError("layer", name, [info.name for info in generator.layers])
+
+
+class Trace(contextlib.AbstractContextManager):
+    """Record (and optionally replace) the outputs of some of a generator's layers.
+
+    >>> with Trace(gen, ["layer4"]) as trace:
+    ...     gen.forward(z)
+    >>> trace["layer4"].shape   # (N, C, H, W)
+
+    ``edit`` maps a layer name to ``fn(output) -> new_output``, applied before recording.
+    """
+
+    def __init__(self, generator: Generator, layers: Iterable[str], edit: dict | None = None, detach: bool = True):
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+        edit = edit or {}
+        for name in layers:
+            find_layer(generator, name)
+            module = generator.layer_module(name)
+            self._handles.append(module.register_forward_hook(self._hook(name, edit.get(name), detach)))
+
+    def _hook(self, name, fn, detach):
+        def hook(module, inputs, output):
+            if fn is not None:
+                output = fn(output)
+            self.outputs[name] = output.detach() if detach else output
+            return output
+
+        return hook
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.outputs[name]
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return False
+
+
+def iter_chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) pairs covering range(total) in steps of ``size``."""
+    for start in range(0, total, size):
+        yield start, min(total, start + size)

@@ -1,0 +1,276 @@
+"""`gandid run`: validate everything, then run the analyses, keeping run.json current."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
+
+from . import __version__
+from .analysis import AnalysisResult, RunContext
+from .config import RunConfig, check_options
+from .errors import ConfigError, OutputExistsError, UnknownNameError
+from .model import find_layer
+from .registry import Registry, get_registry
+
+_RESUME_IGNORES = ("resume", "force", "out")
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (samples, units, steps)."""
+
+    def render(self, task):
+        return Text("" if task.speed is None else f"{task.speed:,.1f}/s", style="cyan")
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    status: str
+    results: dict = field(default_factory=dict)  # analysis -> JSON data
+    errors: dict = field(default_factory=dict)  # analysis -> message
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _order_analyses(names: list[str], analyses: dict) -> list[str]:
+    """Topological order honouring each analysis's ``requires``; missing requirements are errors."""
+    order, visiting = [], set()
+
+    def visit(name, chain):
+        if name in order:
+            return
+        if name in visiting:
+            raise ConfigError(f"analyses require each other in a cycle: {' -> '.join(chain + [name])}")
+        visiting.add(name)
+        for dep in getattr(analyses[name], "requires", ()):
+            if dep not in analyses:
+                raise ConfigError(f"analysis {name!r} requires {dep!r}: add it to --analysis")
+            visit(dep, chain + [name])
+        visiting.discard(name)
+        order.append(name)
+
+    for name in names:
+        visit(name, [])
+    return order
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device (use --device cpu or auto)")
+    return device
+
+
+def _prepare_out_dir(cfg: RunConfig) -> dict | None:
+    """Refuse to clobber; return the previous run.json when resuming."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {str(out)!r} exists and is not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        if cfg.resume:
+            raise ConfigError(f"--resume: nothing to resume in {str(out)!r} (no run.json); run without --resume")
+        return None
+    run_json = out / "run.json"
+    if cfg.resume:
+        if not run_json.exists():
+            raise ConfigError(f"--resume: {str(out)!r} has no run.json, so it is not a gandid run to resume")
+        previous = json.loads(run_json.read_text())
+        old = previous.get("config", {})
+        new = cfg.to_json()
+        differ = [k for k in new if k not in _RESUME_IGNORES and old.get(k) != new[k]]
+        if differ:
+            raise ConfigError(f"--resume: the config differs from the run in {str(out)!r} in: "
+                              + ", ".join(f"{k} (was {old.get(k)!r}, now {new[k]!r})" for k in differ)
+                              + "; resume with the same config or use a new --out")
+        return previous
+    if cfg.force:
+        if not run_json.exists():
+            raise OutputExistsError(f"--force: refusing to clear {str(out)!r}: it is not a gandid output folder "
+                                    "(no run.json); choose another --out")
+        shutil.rmtree(out)
+        return None
+    raise OutputExistsError(f"output folder {str(out)!r} is not empty: pass --resume to continue that run, "
+                            "--force to replace it, or choose another --out")
+
+
+class Session:
+    """A validated run, ready to execute. Construction does every check and loads the models."""
+
+    def __init__(self, cfg: RunConfig, registry: Registry | None = None, console: Console | None = None):
+        self.registry = registry or get_registry()
+        self.console = console or Console(stderr=True)
+        cfg.check()
+        self.cfg = cfg
+        reg = self.registry
+
+        # 1. Names first: cheap, and the most common mistake.
+        if cfg.generator not in reg.names("generator"):
+            if cfg.generator == RunConfig.generator and not reg.names("generator"):
+                raise ConfigError(f"no default generator installed: the embedded {cfg.generator!r} generator is not "
+                                  "available in this installation, and no other generator plugin is installed")
+            raise UnknownNameError("generator", cfg.generator, reg.names("generator"))
+        if cfg.segmenter is not None:
+            reg.get("segmenter", cfg.segmenter)
+        analysis_names = cfg.analysis if cfg.analysis is not None else reg.names("analysis")
+        if not analysis_names:
+            raise ConfigError("no analysis plugin is installed (see `gandid plugins`)")
+        for name in analysis_names:
+            reg.get("analysis", name)
+        for name in cfg.analysis_options:
+            if name not in analysis_names:
+                raise UnknownNameError("analysis in analysis_options", name, analysis_names)
+
+        # 2. Options against the factories' signatures.
+        gen_options = dict(cfg.generator_options, **({"weights": cfg.weights} if cfg.weights else {}))
+        seg_options = dict(cfg.segmenter_options, **({"weights": cfg.seg_weights} if cfg.seg_weights else {}))
+        check_options(f"generator {cfg.generator!r}", reg.get("generator", cfg.generator).factory, gen_options)
+        if cfg.segmenter is not None:
+            check_options(f"segmenter {cfg.segmenter!r}", reg.get("segmenter", cfg.segmenter).factory, seg_options)
+        for name in analysis_names:
+            check_options(f"analysis {name!r}", reg.get("analysis", name).factory, cfg.analysis_options.get(name, {}))
+
+        # 3. The output folder, before anything slow.
+        self.device = _resolve_device(cfg.device)
+        self.previous = _prepare_out_dir(cfg)
+
+        # 4. Models, then layers (which only the generator knows).
+        self.generator = reg.create("generator", cfg.generator, **gen_options)
+        self.segmenter = reg.create("segmenter", cfg.segmenter, **seg_options) if cfg.segmenter else None
+        for model in (self.generator, self.segmenter):
+            if model is not None and hasattr(model, "to"):
+                model.to(self.device)
+        layers = cfg.layer or [getattr(self.generator, "default_layer", None)
+                               or self.generator.layers[len(self.generator.layers) // 2].name]
+        self.layers = [find_layer(self.generator, name).name for name in layers]
+        self.analyses = {name: reg.create("analysis", name, **cfg.analysis_options.get(name, {}))
+                         for name in analysis_names}
+        self.order = _order_analyses(analysis_names, self.analyses)
+        if self.segmenter is None:
+            needing = [n for n in self.order if getattr(self.analyses[n], "needs_segmenter", True)]
+            if needing:
+                raise ConfigError(f"analyses {needing} need a segmenter: give --segmenter")
+
+    def _plugin_versions(self) -> dict:
+        used = [("generator", self.cfg.generator)] + [("analysis", n) for n in self.order]
+        if self.cfg.segmenter:
+            used.append(("segmenter", self.cfg.segmenter))
+        out = {}
+        for kind, name in used:
+            plugin = self.registry.get(kind, name).plugin
+            out[f"{kind}:{name}"] = {"plugin": plugin.name, "package": plugin.package, "version": plugin.version}
+        return out
+
+    def _initial_record(self) -> dict:
+        import torch
+
+        from .ops import backend_name
+
+        return {
+            "gandid_version": __version__,
+            "status": "running",
+            "started": _now(),
+            "config": self.cfg.to_json(),
+            "versions": {"gandid": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                         "plugins": self._plugin_versions()},
+            "seeds": {"samples": self.cfg.seed},
+            "device": self.device,
+            "op_backend": backend_name(self.device),
+            "layers": self.layers,
+            "stages": {},
+            "files": [],
+        }
+
+    def execute(self) -> RunResult:
+        out = Path(self.cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        record = self.previous or self._initial_record()
+        if self.previous:
+            record["status"] = "running"
+            record.setdefault("resumes", []).append(_now())
+        run_json = out / "run.json"
+        _write_json_atomic(run_json, record)
+        result = RunResult(out, "running")
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                            transient=True)
+        try:
+            with progress:
+                for name in self.order:
+                    stage = record["stages"].get(name, {})
+                    data_file = out / f"{name}.json"
+                    if stage.get("status") == "done" and data_file.exists():
+                        result.results[name] = json.loads(data_file.read_text())
+                        self.console.print(f"[dim]{name}: done in a previous run, kept[/dim]")
+                        continue
+                    missing = [d for d in getattr(self.analyses[name], "requires", ()) if d not in result.results]
+                    if missing:
+                        record["stages"][name] = {"status": "skipped", "error": f"required analyses failed: {missing}"}
+                        result.errors[name] = record["stages"][name]["error"]
+                        continue
+                    ctx = RunContext(name=name, config=self.cfg, generator=self.generator, segmenter=self.segmenter,
+                                     layers=self.layers, device=self.device, out_dir=out, progress=progress,
+                                     results=result.results)
+                    record["stages"][name] = {"status": "running", "started": _now()}
+                    _write_json_atomic(run_json, record)
+                    t0 = time.perf_counter()
+                    try:
+                        value = self.analyses[name].run(ctx)
+                    except Exception as exc:  # one failing analysis must not take the others down
+                        plugin = self.registry.get("analysis", name).plugin.name
+                        message = f"analysis {name!r} (plugin {plugin!r}) failed: {type(exc).__name__}: {exc}"
+                        record["stages"][name].update(status="failed", error=message,
+                                                      traceback=traceback.format_exc(limit=8),
+                                                      seconds=round(time.perf_counter() - t0, 3))
+                        result.errors[name] = message
+                        self.console.print(f"[red]{message}[/red]")
+                        _write_json_atomic(run_json, record)
+                        continue
+                    if not isinstance(value, AnalysisResult):
+                        value = AnalysisResult(value)
+                    _write_json_atomic(data_file, value.data)
+                    files = [f"{name}.json", *dict.fromkeys(ctx.artefacts + value.artefacts)]
+                    record["stages"][name].update(status="done", seconds=round(time.perf_counter() - t0, 3),
+                                                  files=files)
+                    record["files"] = list(dict.fromkeys(record["files"] + files))
+                    result.results[name] = value.data
+                    _write_json_atomic(run_json, record)
+                    self.console.print(f"[green]{name}[/green] done in {record['stages'][name]['seconds']:.1f} s")
+        except KeyboardInterrupt:
+            record["status"] = result.status = "interrupted"
+            for stage in record["stages"].values():
+                if stage.get("status") == "running":
+                    stage["status"] = "interrupted"
+            record["ended"] = _now()
+            _write_json_atomic(run_json, record)
+            raise
+        record["status"] = result.status = "completed" if not result.errors else "completed_with_errors"
+        record["ended"] = _now()
+        _write_json_atomic(run_json, record)
+        return result
+
+
+def run(config: RunConfig | dict, registry: Registry | None = None, console: Console | None = None) -> RunResult:
+    """Validate ``config`` fully, then run every selected analysis into ``config.out``."""
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    return Session(cfg, registry=registry, console=console).execute()

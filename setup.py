@@ -1,0 +1,63 @@
+"""gandid: look inside GANs (dissection, ACE, difference-in-differences).
+
+Pure-Python install: the fused C++/CUDA op in csrc/ is shipped as package data and
+JIT-built on first use, so installing needs neither a compiler nor torch at build time.
+"""
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+
+
+class BuildPyWithCsrc(build_py):
+    """Copy csrc/ into the built package as gandid/_csrc (for non-editable installs)."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "gandid" / "_csrc"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(HERE / "csrc", target, ignore=shutil.ignore_patterns("*.o", "*.so"))
+
+
+def read_version():
+    for line in (HERE / "gandid" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("no __version__ in gandid/__init__.py")
+
+
+setup(
+    name="gandid",
+    version=read_version(),
+    description="Look inside GANs: dissection, ACE and difference-in-differences of pixel normalisation",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["gandid", "gandid.ops", "gandid.report", "gandid_plugins"],
+    package_dir={"gandid_plugins": "plugins"},
+    package_data={"gandid_plugins": ["**/*.json", "**/*.md", "**/*.safetensors"]},
+    cmdclass={"build_py": BuildPyWithCsrc},
+    install_requires=[
+        # A range, never a pin above what the user has: an unpinned or newer torch pulls GBs of CUDA.
+        "torch>=2.4",
+        "numpy",
+        "pluggy>=1.3",
+        "rich>=13",
+        "ninja",
+        "pybind11",
+        "matplotlib",
+        "safetensors",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "setuptools>=61", "wheel"],
+    },
+    entry_points={
+        "console_scripts": ["gandid = gandid.cli:main"],
+        # First-party plugins register exactly as a third party does.
+        "gandid": [],
+    },
+)
