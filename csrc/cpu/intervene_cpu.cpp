@@ -1,0 +1,178 @@
+// CPU kernel of intervene_pixelnorm: vectorised over pixels (NCHW) or channels (NHWC),
+// parallel over (row group, pixel block) tasks with at::parallel_for (OpenMP in torch's CPU build).
+//
+// Each task reads its rows' block of x once from memory: pass 1 (sum of squares over channels)
+// pulls the block into cache and pass 2 (scale and write) reads it back from cache, so the op
+// moves one read of x and one write of y, the floor for a memory-bound op.
+#include "../intervene.h"
+#include "intervene_cpu.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+
+namespace gandid {
+namespace {
+
+constexpr int64_t kMaxBlock = 1024;  // pixels per task (stack buffers)
+constexpr int64_t kBlockBytes = 128 * 1024;  // one row's block of x, kept in L2 between the passes
+
+template <typename scalar_t, typename acc_t>
+void nchw_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, scalar_t* __restrict y,
+               scalar_t* __restrict beta_out, int64_t group, int64_t p0, int64_t len) {
+  const int64_t C = prm.C, HW = prm.HW;
+  acc_t acc[kMaxBlock], inv[kMaxBlock], mask[kMaxBlock], lender_beta[kMaxBlock];
+  for (int64_t k = prm.group_offsets[group]; k < prm.group_offsets[group + 1]; ++k) {
+    const int64_t r = prm.group_rows[k];
+    const bool lender = k == prm.group_offsets[group];
+    const bool touched = row_touched(prm, r);
+    if (touched)
+      for (int64_t p = 0; p < len; ++p) mask[p] = row_mask(prm, r, p0 + p);
+    for (int64_t p = 0; p < len; ++p) acc[p] = acc_t(0);
+    const scalar_t* xr = x + r * C * HW + p0;
+    scalar_t* yr = y + r * C * HW + p0;
+
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* __restrict xc = xr + c * HW;
+      const acc_t a = touched ? prm.alpha[c] : acc_t(0);
+      if (a != acc_t(0)) {
+        const acc_t target = prm.value ? prm.value[c] : acc_t(0);
+        for (int64_t p = 0; p < len; ++p) {
+          const acc_t v = intervened(static_cast<acc_t>(xc[p]), a * mask[p], target);
+          acc[p] += v * v;
+        }
+      } else {
+        for (int64_t p = 0; p < len; ++p) {
+          const acc_t v = static_cast<acc_t>(xc[p]);
+          acc[p] += v * v;
+        }
+      }
+    }
+
+    for (int64_t p = 0; p < len; ++p) {
+      const acc_t b = pixel_beta(acc[p], C, prm.eps);
+      beta_out[r * HW + p0 + p] = static_cast<scalar_t>(b);
+      if (lender) lender_beta[p] = b;
+      const acc_t d = prm.beta_in ? prm.beta_in[r * HW + p0 + p] : lender_beta[p];
+      inv[p] = prm.normalize ? acc_t(1) / d : acc_t(1);
+    }
+
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* __restrict xc = xr + c * HW;
+      scalar_t* __restrict yc = yr + c * HW;
+      const acc_t a = touched ? prm.alpha[c] : acc_t(0);
+      if (a != acc_t(0)) {
+        const acc_t target = prm.value ? prm.value[c] : acc_t(0);
+        for (int64_t p = 0; p < len; ++p)
+          yc[p] = static_cast<scalar_t>(intervened(static_cast<acc_t>(xc[p]), a * mask[p], target) * inv[p]);
+      } else {
+        for (int64_t p = 0; p < len; ++p) yc[p] = static_cast<scalar_t>(static_cast<acc_t>(xc[p]) * inv[p]);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void nhwc_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, scalar_t* __restrict y,
+               scalar_t* __restrict beta_out, int64_t group, int64_t p0, int64_t len) {
+  const int64_t C = prm.C, HW = prm.HW;
+  acc_t lender_beta[kMaxBlock];
+  for (int64_t k = prm.group_offsets[group]; k < prm.group_offsets[group + 1]; ++k) {
+    const int64_t r = prm.group_rows[k];
+    const bool lender = k == prm.group_offsets[group];
+    const bool touched = row_touched(prm, r);
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t p = p0 + i;
+      const scalar_t* __restrict xp = x + (r * HW + p) * C;
+      scalar_t* __restrict yp = y + (r * HW + p) * C;
+      const acc_t m = touched ? row_mask(prm, r, p) : acc_t(0);
+      acc_t acc = 0;
+      if (m != acc_t(0)) {
+        const acc_t* __restrict alpha = prm.alpha;
+        const acc_t* __restrict value = prm.value;
+        if (value) {
+#pragma omp simd reduction(+ : acc)
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t v = intervened(static_cast<acc_t>(xp[c]), alpha[c] * m, value[c]);
+            acc += v * v;
+          }
+        } else {
+#pragma omp simd reduction(+ : acc)
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t v = static_cast<acc_t>(xp[c]) * (acc_t(1) - alpha[c] * m);
+            acc += v * v;
+          }
+        }
+      } else {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t v = static_cast<acc_t>(xp[c]);
+          acc += v * v;
+        }
+      }
+      const acc_t b = pixel_beta(acc, C, prm.eps);
+      beta_out[r * HW + p] = static_cast<scalar_t>(b);
+      if (lender) lender_beta[i] = b;
+      const acc_t d = prm.beta_in ? prm.beta_in[r * HW + p] : lender_beta[i];
+      const acc_t inv = prm.normalize ? acc_t(1) / d : acc_t(1);
+      if (m != acc_t(0)) {
+        const acc_t* __restrict alpha = prm.alpha;
+        const acc_t* __restrict value = prm.value;
+        if (value) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c)
+            yp[c] = static_cast<scalar_t>(intervened(static_cast<acc_t>(xp[c]), alpha[c] * m, value[c]) * inv);
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c)
+            yp[c] = static_cast<scalar_t>(static_cast<acc_t>(xp[c]) * (acc_t(1) - alpha[c] * m) * inv);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yp[c] = static_cast<scalar_t>(static_cast<acc_t>(xp[c]) * inv);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void run(const InterveneParams<acc_t>& prm, bool channels_last, const void* x_, void* y_, void* beta_) {
+  const auto* x = static_cast<const scalar_t*>(x_);
+  auto* y = static_cast<scalar_t*>(y_);
+  auto* beta_out = static_cast<scalar_t*>(beta_);
+  int64_t block = std::max<int64_t>(16, kBlockBytes / (prm.C * int64_t(sizeof(scalar_t))));
+  block = std::min<int64_t>({block, kMaxBlock, prm.HW});
+  const int64_t blocks = (prm.HW + block - 1) / block;
+  const int64_t tasks = prm.groups * blocks;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t group = t / blocks, p0 = (t % blocks) * block;
+      const int64_t len = std::min(block, prm.HW - p0);
+      if (channels_last)
+        nhwc_task<scalar_t, acc_t>(prm, x, y, beta_out, group, p0, len);
+      else
+        nchw_task<scalar_t, acc_t>(prm, x, y, beta_out, group, p0, len);
+    }
+  });
+}
+
+}  // namespace
+
+void intervene_pixelnorm_cpu(const InterveneParams<float>& prm, DType dtype, bool channels_last, const void* x,
+                             void* y, void* beta_out) {
+  switch (dtype) {
+    case DType::kFloat: return run<float, float>(prm, channels_last, x, y, beta_out);
+    case DType::kHalf: return run<c10::Half, float>(prm, channels_last, x, y, beta_out);
+    case DType::kBFloat16: return run<c10::BFloat16, float>(prm, channels_last, x, y, beta_out);
+    default: break;
+  }
+}
+
+void intervene_pixelnorm_cpu(const InterveneParams<double>& prm, DType, bool channels_last, const void* x, void* y,
+                             void* beta_out) {
+  run<double, double>(prm, channels_last, x, y, beta_out);
+}
+
+}  // namespace gandid

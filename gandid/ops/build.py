@@ -1,0 +1,115 @@
+"""JIT build of the fused op with torch.utils.cpp_extension.load and ninja, cached per user.
+
+The build directory's name hashes the sources, torch's version, the CPU and the CUDA flag, so a
+change to any of them builds afresh and an unchanged one loads in milliseconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
+
+_module = None
+_error: str | None = None
+
+
+def csrc_dir() -> Path:
+    """The C++/CUDA sources: shipped inside the package, or the repository's csrc/ (editable install)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_csrc", here.parent / "csrc"):
+        if (candidate / "bindings.cpp").exists():
+            return candidate
+    raise FileNotFoundError(f"gandid's C++ sources are missing (looked in {here / '_csrc'} and {here.parent / 'csrc'})")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("GANDID_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME")
+                                                              or os.path.expanduser("~/.cache"), "gandid")
+    return Path(base) / "ext"
+
+
+def _cpu_signature() -> str:
+    # -march=native code must not be loaded on a different CPU that shares the cache.
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _with_cuda() -> bool:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return bool(torch.cuda.is_available() and CUDA_HOME and os.environ.get("GANDID_NO_CUDA") != "1")
+
+
+def sources(with_cuda: bool) -> list[Path]:
+    root = csrc_dir()
+    files = [root / "bindings.cpp", root / "cpu" / "intervene_cpu.cpp"]
+    if with_cuda:
+        files += [root / "cuda_glue.cpp", root / "cuda" / "intervene_cuda.cu"]
+    return files
+
+
+def build_name(with_cuda: bool) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    root = csrc_dir()
+    for f in sorted(root.rglob("*")):
+        if f.suffix in (".h", ".cpp", ".cu"):
+            h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    h.update(f"{torch.__version__}|{with_cuda}|{_cpu_signature()}".encode())
+    return f"gandid_fused_{h.hexdigest()[:16]}"
+
+
+def load(verbose: bool = False):
+    """Build (first time) and import the extension; raises on failure."""
+    global _module
+    if _module is not None:
+        return _module
+    from torch.utils.cpp_extension import load as cpp_load
+
+    with_cuda = _with_cuda()
+    name = build_name(with_cuda)
+    build_dir = cache_root() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    flags = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17"]
+    kwargs = dict(name=name, sources=[str(s) for s in sources(with_cuda)], build_directory=str(build_dir),
+                  extra_cflags=flags + (["-DGANDID_WITH_CUDA"] if with_cuda else []),
+                  extra_cuda_cflags=["-O3", "-DGANDID_WITH_CUDA"], with_cuda=with_cuda, verbose=verbose)
+    fresh = not any(build_dir.glob("*.so"))
+    if fresh and not verbose:
+        from rich.console import Console
+
+        with Console(stderr=True).status("compiling fused op, first run only"):
+            _module = cpp_load(**kwargs)
+    else:
+        _module = cpp_load(**kwargs)
+    return _module
+
+
+def try_load():
+    """The extension, or None after one warning with the compiler's error tail."""
+    global _error
+    if _module is not None:
+        return _module
+    if _error is not None:
+        return None
+    try:
+        return load()
+    except Exception as exc:  # any build failure falls back to the reference
+        tail = "\n".join(str(exc).strip().splitlines()[-15:])
+        _error = f"{type(exc).__name__}: {tail}"
+        warnings.warn("gandid: the fused op could not be built; using the PyTorch reference (slower). "
+                      f"Compiler said:\n{tail}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def build_error() -> str | None:
+    return _error
