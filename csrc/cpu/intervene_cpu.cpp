@@ -16,8 +16,39 @@
 namespace gandid {
 namespace {
 
-constexpr int64_t kMaxBlock = 1024;  // pixels per task (stack buffers)
-constexpr int64_t kBlockBytes = 128 * 1024;  // one row's block of x, kept in L2 between the passes
+constexpr int64_t kMaxBlock = 4096;  // pixels per task (stack buffers)
+constexpr int64_t kBlockBytes = 512 * 1024;  // one row's block of x, re-read from L2 in pass 2
+
+constexpr int64_t kLanes = 32;  // pixels whose running sums live in registers (4 AVX vectors)
+
+// acc[i] = sum_c x'[c, i]^2 for i < lanes (lanes = kFixed when kFixed > 0, so the compiler
+// unrolls the pixel loop and keeps the sums in registers).
+template <typename scalar_t, typename acc_t, int64_t kFixed>
+inline void sum_squares_chunk(const InterveneParams<acc_t>& prm, const scalar_t* __restrict xr,
+                              const acc_t* __restrict mask, bool touched, acc_t* __restrict acc,
+                              int64_t lanes = kFixed) {
+  constexpr int64_t kMax = kFixed > 0 ? kFixed : kLanes;
+  const int64_t n = kFixed > 0 ? kFixed : lanes;
+  acc_t sums[kMax] = {};
+  const int64_t HW = prm.HW;
+  for (int64_t c = 0; c < prm.C; ++c) {
+    const scalar_t* __restrict xc = xr + c * HW;
+    const acc_t a = touched ? prm.alpha[c] : acc_t(0);
+    if (a != acc_t(0)) {
+      const acc_t target = prm.value ? prm.value[c] : acc_t(0);
+      for (int64_t i = 0; i < n; ++i) {
+        const acc_t v = intervened(static_cast<acc_t>(xc[i]), a * mask[i], target);
+        sums[i] += v * v;
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        const acc_t v = static_cast<acc_t>(xc[i]);
+        sums[i] += v * v;
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) acc[i] = sums[i];
+}
 
 template <typename scalar_t, typename acc_t>
 void nchw_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, scalar_t* __restrict y,
@@ -30,25 +61,16 @@ void nchw_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, 
     const bool touched = row_touched(prm, r);
     if (touched)
       for (int64_t p = 0; p < len; ++p) mask[p] = row_mask(prm, r, p0 + p);
-    for (int64_t p = 0; p < len; ++p) acc[p] = acc_t(0);
     const scalar_t* xr = x + r * C * HW + p0;
     scalar_t* yr = y + r * C * HW + p0;
 
-    for (int64_t c = 0; c < C; ++c) {
-      const scalar_t* __restrict xc = xr + c * HW;
-      const acc_t a = touched ? prm.alpha[c] : acc_t(0);
-      if (a != acc_t(0)) {
-        const acc_t target = prm.value ? prm.value[c] : acc_t(0);
-        for (int64_t p = 0; p < len; ++p) {
-          const acc_t v = intervened(static_cast<acc_t>(xc[p]), a * mask[p], target);
-          acc[p] += v * v;
-        }
-      } else {
-        for (int64_t p = 0; p < len; ++p) {
-          const acc_t v = static_cast<acc_t>(xc[p]);
-          acc[p] += v * v;
-        }
-      }
+    // Pass 1 in chunks of kLanes pixels whose sums stay in registers across the channel loop.
+    for (int64_t q = 0; q < len; q += kLanes) {
+      const int64_t lanes = std::min(kLanes, len - q);
+      if (lanes == kLanes)
+        sum_squares_chunk<scalar_t, acc_t, kLanes>(prm, xr + q, mask + q, touched, acc + q);
+      else
+        sum_squares_chunk<scalar_t, acc_t, 0>(prm, xr + q, mask + q, touched, acc + q, lanes);
     }
 
     for (int64_t p = 0; p < len; ++p) {

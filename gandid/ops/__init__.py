@@ -91,6 +91,11 @@ def intervene_pixelnorm(x, *, alpha=None, region=None, value=None, rows=None, be
         return out, beta_out
     from . import fused  # registers the torch ops on first use
 
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (a.x, a.alpha, a.region, a.value, a.beta_in))
+    if not torch.compiler.is_compiling() and not needs_grad:
+        # Eager and no autograd: skip the dispatcher (tens of microseconds per call).
+        return fused.run_direct(*args, out=out, beta_out=beta_out)
     if not wants_out:
         return fused.fused(*args)
     if out is None:

@@ -56,7 +56,7 @@ def sources(with_cuda: bool) -> list[Path]:
     return files
 
 
-def build_name(with_cuda: bool) -> str:
+def build_name(with_cuda: bool, flags=()) -> str:
     import torch
 
     h = hashlib.sha256()
@@ -64,7 +64,7 @@ def build_name(with_cuda: bool) -> str:
     for f in sorted(root.rglob("*")):
         if f.suffix in (".h", ".cpp", ".cu"):
             h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
-    h.update(f"{torch.__version__}|{with_cuda}|{_cpu_signature()}".encode())
+    h.update(f"{torch.__version__}|{with_cuda}|{' '.join(flags)}|{_cpu_signature()}".encode())
     return f"gandid_fused_{h.hexdigest()[:16]}"
 
 
@@ -76,13 +76,16 @@ def load(verbose: bool = False):
     from torch.utils.cpp_extension import load as cpp_load
 
     with_cuda = _with_cuda()
-    name = build_name(with_cuda)
+    # -fopenmp makes at::parallel_for (inline OpenMP in torch's headers) parallel; the soname
+    # libgomp.so.1 resolves to the runtime torch already loaded, so there is one OpenMP pool.
+    flags = ["-O3", "-march=native", "-fopenmp"]
+    name = build_name(with_cuda, flags)
     build_dir = cache_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    flags = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17"]
     kwargs = dict(name=name, sources=[str(s) for s in sources(with_cuda)], build_directory=str(build_dir),
                   extra_cflags=flags + (["-DGANDID_WITH_CUDA"] if with_cuda else []),
-                  extra_cuda_cflags=["-O3", "-DGANDID_WITH_CUDA"], with_cuda=with_cuda, verbose=verbose)
+                  extra_ldflags=["-fopenmp"], extra_cuda_cflags=["-O3", "-DGANDID_WITH_CUDA"], with_cuda=with_cuda,
+                  verbose=verbose)
     fresh = not any(build_dir.glob("*.so"))
     if fresh and not verbose:
         from rich.console import Console

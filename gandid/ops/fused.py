@@ -19,15 +19,20 @@ def _beta_shape(x: Tensor):
     return (x.shape[0], 1, x.shape[2], x.shape[3])
 
 
+def run_direct(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, out=None, beta_out=None):
+    """The extension without the dispatcher, for eager calls that need no autograd."""
+    check_beta_src_values(beta_src)
+    out = torch.empty_like(x) if out is None else out
+    beta_out = x.new_empty(_beta_shape(x)) if beta_out is None else beta_out
+    _ext().forward_out(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, out, beta_out)
+    return out, beta_out
+
+
 @torch.library.custom_op("gandid::intervene_pixelnorm", mutates_args=())
 def fused(x: Tensor, alpha: Optional[Tensor], region: Optional[Tensor], value: Optional[Tensor],
           rows: Optional[Tensor], beta_src: Optional[Tensor], beta_in: Optional[Tensor], normalize: bool,
           eps: float) -> tuple[Tensor, Tensor]:
-    check_beta_src_values(beta_src)
-    y = torch.empty_like(x)  # keeps x's memory format
-    beta = x.new_empty(_beta_shape(x))
-    _ext().forward_out(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, y, beta)
-    return y, beta
+    return run_direct(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps)
 
 
 @fused.register_fake
@@ -39,8 +44,7 @@ def _fused_fake(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps
 def fused_out(x: Tensor, alpha: Optional[Tensor], region: Optional[Tensor], value: Optional[Tensor],
               rows: Optional[Tensor], beta_src: Optional[Tensor], beta_in: Optional[Tensor], normalize: bool,
               eps: float, out: Tensor, beta_out: Tensor) -> None:
-    check_beta_src_values(beta_src)
-    _ext().forward_out(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, out, beta_out)
+    run_direct(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, out, beta_out)
 
 
 @fused_out.register_fake
