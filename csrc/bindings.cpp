@@ -2,6 +2,9 @@
 // Python (gandid/ops) allocates the outputs and registers the op with torch.library.
 #include <torch/extension.h>
 
+#include <sys/mman.h>
+
+#include <cstdlib>
 #include <optional>
 #include <vector>
 
@@ -156,10 +159,35 @@ void forward_out(const at::Tensor& x, const std::optional<at::Tensor>& alpha, co
   }
 }
 
+// An uninitialised tensor like x (same memory format). Large CPU outputs are backed by transparent
+// huge pages: a fresh allocation then faults 2 MiB at a time instead of 4 KiB, which is most of the
+// cost of writing into new memory on Linux (clone() of 128 MB runs at a third of copy_ here).
+at::Tensor empty_like_fast(const at::Tensor& x) {
+  const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t nbytes = static_cast<size_t>(x.numel()) * x.element_size();
+  if (!x.device().is_cpu() || nbytes < 4 * kHuge) return at::empty_like(x, fmt);
+  const size_t size = (nbytes + kHuge - 1) / kHuge * kHuge;
+  void* ptr = nullptr;
+  if (posix_memalign(&ptr, kHuge, size) != 0) return at::empty_like(x, fmt);
+#ifdef MADV_HUGEPAGE
+  madvise(ptr, size, MADV_HUGEPAGE);  // advice only: without THP this is an ordinary allocation
+#endif
+  std::vector<int64_t> strides(x.dim(), 1);
+  if (channels_last) {
+    strides = c10::get_channels_last_strides_2d(x.sizes());
+  } else {
+    for (int64_t d = x.dim() - 2; d >= 0; --d) strides[d] = strides[d + 1] * x.size(d + 1);
+  }
+  return at::from_blob(ptr, x.sizes(), strides, [](void* p) { free(p); }, x.options());
+}
+
 }  // namespace gandid
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gandid fused op intervene_pixelnorm (CPU, and CUDA when built with it)";
   m.def("forward_out", &gandid::forward_out, "intervene + pixel norm into preallocated outputs");
   m.def("with_cuda", &gandid::with_cuda, "whether this build has CUDA kernels");
+  m.def("empty_like", &gandid::empty_like_fast, "uninitialised output like x (huge pages for large CPU tensors)");
 }

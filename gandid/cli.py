@@ -44,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     p = sub.add_parser("plugins", help="list generators, segmenters and analyses and where they came from")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("bench", help="fused op vs eager vs torch.compile vs copy bandwidth", description=(
+        "Time the fused op on real PG-GAN layer shapes against copy_, clone(), the eager PyTorch reference and "
+        "torch.compile of it, all in this process. GB/s count one read of x and one write of y."))
+    p.add_argument("--quick", action="store_true", help="one small shape (seconds, for a smoke test)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--channels-last", action="store_true", help="NHWC tensors")
+    p.add_argument("--methods", help="comma list out of copy_, clone, eager_reference, compiled_reference, "
+                                     "ext_alloc, ext_out (default: all)")
+    p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables (for benchmarks/RESULTS.md)")
+    p = sub.add_parser("build-ext", help="build the fused C++/CUDA op now and say what was built where")
+    p.add_argument("--verbose", action="store_true", help="show the compiler's output")
     return parser
 
 
@@ -91,6 +103,95 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_build_ext(args) -> int:
+    import time
+
+    from .ops import build
+
+    t0 = time.perf_counter()
+    try:
+        module = build.load(verbose=args.verbose)
+    except Exception as exc:
+        err_console.print(f"[red]build failed[/red] (the PyTorch reference will be used instead):\n{exc}")
+        return 1
+    print(f"built {module.__name__} in {time.perf_counter() - t0:.1f} s")
+    print(f"  library: {module.__file__}")
+    print(f"  sources: {build.csrc_dir()}")
+    print(f"  CUDA kernels: {'yes' if module.with_cuda() else 'no (CPU only)'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import platform
+
+    import torch
+    from rich.progress import Progress
+
+    from . import bench
+    from .ops import backend_name
+
+    methods = split_list([args.methods]) if args.methods else list(bench.METHODS)
+    for m in methods:
+        if m not in bench.METHODS:
+            from .errors import UnknownNameError
+
+            raise UnknownNameError("benchmark method", m, bench.METHODS)
+    if backend_name(args.device) == "reference":
+        methods = [m for m in methods if not m.startswith("ext")]
+        err_console.print("[yellow]the fused op is not available here: timing the baselines only[/yellow]")
+    cases = len(bench.QUICK_SHAPES if args.quick else bench.OP_SHAPES) + 1
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=cases * len(methods))
+        rows = bench.run_op_bench(args.quick, args.device, methods, args.channels_last,
+                                  progress=lambda: progress.advance(task))
+    ratio_rows = bench.ratios(rows)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if args.device.startswith("cuda"):
+        machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    layout = "channels_last" if args.channels_last else "NCHW"
+    if args.markdown:
+        print(f"Machine: {machine}; {layout} float32; GB/s = (read x + write y) / median time.\n")
+        print("| case | MB | " + " | ".join(methods) + " |")
+        print("| --- | ---: |" + " ---: |" * len(methods))
+        cases_seen = list(dict.fromkeys(r["case"] for r in rows))
+        for case in cases_seen:
+            got = {r["method"]: r for r in rows if r["case"] == case}
+            mb = next(iter(got.values()))["MB"]
+            print(f"| {case} | {mb:.0f} | " + " | ".join(f"{got[m]['GB/s']:.1f}" for m in methods) + " |")
+        names = [n for n, *_ in bench.RATIOS if any(n in r for r in ratio_rows)]
+        if names:
+            print("\n| case | " + " | ".join(names) + " |")
+            print("| --- |" + " ---: |" * len(names))
+            for r in ratio_rows:
+                print(f"| {r['case']} | " + " | ".join(f"{r[n]:.2f}" if n in r else "-" for n in names) + " |")
+            print("| target (CPU) | " + " | ".join(f">= {t}" for n, _, _, t in bench.RATIOS if n in names) + " |")
+    else:
+        table = Table(title=f"intervene_pixelnorm, GB/s ({machine}; {layout})")
+        table.add_column("case")
+        for m in methods:
+            table.add_column(m, justify="right")
+        for case in dict.fromkeys(r["case"] for r in rows):
+            got = {r["method"]: r for r in rows if r["case"] == case}
+            table.add_row(case, *[f"{got[m]['GB/s']:.1f}" for m in methods])
+        Console().print(table)
+        names = [n for n, *_ in bench.RATIOS if any(n in r for r in ratio_rows)]
+        if names:
+            rt = Table(title="speed ratios (higher = fused op faster)")
+            rt.add_column("case")
+            for n, _, _, target in bench.RATIOS:
+                if n in names:
+                    rt.add_column(f"{n} (target {target})", justify="right")
+            for r in ratio_rows:
+                rt.add_row(r["case"], *[f"{r[n]:.2f}" if n in r else "-" for n in names])
+            Console().print(rt)
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps({"machine": machine, "layout": layout, "rows": rows,
+                                               "ratios": ratio_rows}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -102,7 +203,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": cmd_run, "plugins": cmd_plugins}
+    handlers = {"run": cmd_run, "plugins": cmd_plugins, "bench": cmd_bench, "build-ext": cmd_build_ext}
     try:
         return handlers[args.command](args)
     except GandidError as exc:

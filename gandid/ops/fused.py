@@ -22,7 +22,7 @@ def _beta_shape(x: Tensor):
 def run_direct(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, out=None, beta_out=None):
     """The extension without the dispatcher, for eager calls that need no autograd."""
     check_beta_src_values(beta_src)
-    out = torch.empty_like(x) if out is None else out
+    out = _ext().empty_like(x) if out is None else out
     beta_out = x.new_empty(_beta_shape(x)) if beta_out is None else beta_out
     _ext().forward_out(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, out, beta_out)
     return out, beta_out
