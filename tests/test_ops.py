@@ -273,3 +273,21 @@ def test_cuda_matches_naive_loop(dtype, channels_last):
                                       **{k: v for k, v in kw.items() if not torch.is_tensor(v)})
         assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         assert_matches(y.cpu(), beta.cpu(), y_ref, beta_ref, dtype)
+
+
+def test_gandid_bench_and_build_ext_commands(tmp_path, capsys):
+    from gandid.cli import main
+
+    assert main(["build-ext"]) == 0
+    assert "CUDA kernels" in capsys.readouterr().out
+    report = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--json", str(report)]) == 0
+    import json
+
+    data = json.loads(report.read_text())
+    methods = {r["method"] for r in data["rows"]}
+    assert methods == {"copy_", "clone", "eager_reference", "compiled_reference", "ext_alloc", "ext_out"}
+    assert all(r["GB/s"] > 0 for r in data["rows"])
+    assert {"ext_out / copy_", "ext_alloc / clone"} <= set(data["ratios"][0])
+    assert main(["bench", "--quick", "--methods", "copy_,ext_ot"]) == 2  # unknown method named with a suggestion
+    assert "did you mean 'ext_out'" in capsys.readouterr().err.replace("\n", "")
