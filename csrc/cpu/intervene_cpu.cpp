@@ -12,6 +12,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace gandid {
 namespace {
@@ -50,6 +51,26 @@ inline void sum_squares_chunk(const InterveneParams<acc_t>& prm, const scalar_t*
   for (int64_t i = 0; i < n; ++i) acc[i] = sums[i];
 }
 
+// From the sums of squares of row r's pixels [p0, p0 + len): its own β (written to beta_out), the
+// lender's β (kept when r is the lender) and the reciprocal divisor. Branch-free loops, so they
+// vectorise: with few channels a scalar sqrt and divide per pixel would cost as much as the rest.
+template <typename scalar_t, typename acc_t>
+inline void beta_step(const InterveneParams<acc_t>& prm, int64_t r, int64_t p0, int64_t len, bool lender,
+                      acc_t* __restrict acc, acc_t* __restrict lender_beta, acc_t* __restrict inv,
+                      scalar_t* __restrict beta_out) {
+  const acc_t inv_c = acc_t(1) / acc_t(prm.C), eps = prm.eps;
+  for (int64_t p = 0; p < len; ++p) acc[p] = std::sqrt(acc[p] * inv_c + eps);  // acc now holds β
+  scalar_t* __restrict bo = beta_out + r * prm.HW + p0;
+  for (int64_t p = 0; p < len; ++p) bo[p] = static_cast<scalar_t>(acc[p]);
+  if (lender)
+    for (int64_t p = 0; p < len; ++p) lender_beta[p] = acc[p];
+  const acc_t* __restrict d = prm.beta_in ? prm.beta_in + r * prm.HW + p0 : lender_beta;
+  if (prm.normalize)
+    for (int64_t p = 0; p < len; ++p) inv[p] = acc_t(1) / d[p];
+  else
+    for (int64_t p = 0; p < len; ++p) inv[p] = acc_t(1);
+}
+
 template <typename scalar_t, typename acc_t>
 void nchw_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, scalar_t* __restrict y,
                scalar_t* __restrict beta_out, int64_t group, int64_t p0, int64_t len) {
@@ -74,13 +95,7 @@ void nchw_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, 
         sum_squares_chunk<scalar_t, acc_t, 0>(prm, xr + q, mask + q, touched, acc + q, lanes);
     }
 
-    for (int64_t p = 0; p < len; ++p) {
-      const acc_t b = pixel_beta(acc[p], C, prm.eps);
-      beta_out[r * HW + p0 + p] = static_cast<scalar_t>(b);
-      if (lender) lender_beta[p] = b;
-      const acc_t d = prm.beta_in ? prm.beta_in[r * HW + p0 + p] : lender_beta[p];
-      inv[p] = prm.normalize ? acc_t(1) / d : acc_t(1);
-    }
+    beta_step(prm, r, p0, len, lender, acc, lender_beta, inv, beta_out);
 
     // Pass 2: y = x' / d, re-reading this row block of x from cache
     for (int64_t c = 0; c < C; ++c) {
@@ -98,64 +113,68 @@ void nchw_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, 
   }
 }
 
+constexpr int64_t kPixelsNHWC = 64;  // pixels per sub-block: pass 2 re-reads them from L1/L2
+
 template <typename scalar_t, typename acc_t>
 void nhwc_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, scalar_t* __restrict y,
                scalar_t* __restrict beta_out, int64_t group, int64_t p0, int64_t len) {
   const int64_t C = prm.C, HW = prm.HW;
+  const acc_t* __restrict alpha = prm.alpha;
+  const acc_t* __restrict value = prm.value;
   acc_t lender_beta[kMaxBlock];
   for (int64_t k = prm.group_offsets[group]; k < prm.group_offsets[group + 1]; ++k) {
     const int64_t r = prm.group_rows[k];
     const bool lender = k == prm.group_offsets[group];
     const bool touched = row_touched(prm, r);
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t p = p0 + i;
-      const scalar_t* __restrict xp = x + (r * HW + p) * C;
-      scalar_t* __restrict yp = y + (r * HW + p) * C;
-      const acc_t m = touched ? row_mask(prm, r, p) : acc_t(0);
-      acc_t acc = 0;
-      if (m != acc_t(0)) {
-        const acc_t* __restrict alpha = prm.alpha;
-        const acc_t* __restrict value = prm.value;
-        if (value) {
-#pragma omp simd reduction(+ : acc)
+    for (int64_t q0 = 0; q0 < len; q0 += kPixelsNHWC) {
+      const int64_t n = std::min(kPixelsNHWC, len - q0);
+      acc_t mask[kPixelsNHWC], acc[kPixelsNHWC], inv[kPixelsNHWC];
+      // Pass 1: per pixel, the sum of squares over the contiguous channel axis.
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = p0 + q0 + i;
+        const scalar_t* __restrict xp = x + (r * HW + p) * C;
+        const acc_t m = mask[i] = touched ? row_mask(prm, r, p) : acc_t(0);
+        acc_t sum = 0;
+        if (m != acc_t(0) && value) {
+#pragma omp simd reduction(+ : sum)
           for (int64_t c = 0; c < C; ++c) {
             const acc_t v = intervened(static_cast<acc_t>(xp[c]), alpha[c] * m, value[c]);
-            acc += v * v;
+            sum += v * v;
           }
-        } else {
-#pragma omp simd reduction(+ : acc)
+        } else if (m != acc_t(0)) {
+#pragma omp simd reduction(+ : sum)
           for (int64_t c = 0; c < C; ++c) {
             const acc_t v = static_cast<acc_t>(xp[c]) * (acc_t(1) - alpha[c] * m);
-            acc += v * v;
+            sum += v * v;
+          }
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t v = static_cast<acc_t>(xp[c]);
+            sum += v * v;
           }
         }
-      } else {
-#pragma omp simd reduction(+ : acc)
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t v = static_cast<acc_t>(xp[c]);
-          acc += v * v;
-        }
+        acc[i] = sum;
       }
-      const acc_t b = pixel_beta(acc, C, prm.eps);
-      beta_out[r * HW + p] = static_cast<scalar_t>(b);
-      if (lender) lender_beta[i] = b;
-      const acc_t d = prm.beta_in ? prm.beta_in[r * HW + p] : lender_beta[i];
-      const acc_t inv = prm.normalize ? acc_t(1) / d : acc_t(1);
-      if (m != acc_t(0)) {
-        const acc_t* __restrict alpha = prm.alpha;
-        const acc_t* __restrict value = prm.value;
-        if (value) {
+      beta_step(prm, r, p0 + q0, n, lender, acc, lender_beta + q0, inv, beta_out);
+      // Pass 2: y = x' / d, the sub-block of x still in cache.
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = p0 + q0 + i;
+        const scalar_t* __restrict xp = x + (r * HW + p) * C;
+        scalar_t* __restrict yp = y + (r * HW + p) * C;
+        const acc_t m = mask[i], s = inv[i];
+        if (m != acc_t(0) && value) {
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c)
-            yp[c] = static_cast<scalar_t>(intervened(static_cast<acc_t>(xp[c]), alpha[c] * m, value[c]) * inv);
+            yp[c] = static_cast<scalar_t>(intervened(static_cast<acc_t>(xp[c]), alpha[c] * m, value[c]) * s);
+        } else if (m != acc_t(0)) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c)
+            yp[c] = static_cast<scalar_t>(static_cast<acc_t>(xp[c]) * (acc_t(1) - alpha[c] * m) * s);
         } else {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c)
-            yp[c] = static_cast<scalar_t>(static_cast<acc_t>(xp[c]) * (acc_t(1) - alpha[c] * m) * inv);
+          for (int64_t c = 0; c < C; ++c) yp[c] = static_cast<scalar_t>(static_cast<acc_t>(xp[c]) * s);
         }
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yp[c] = static_cast<scalar_t>(static_cast<acc_t>(xp[c]) * inv);
       }
     }
   }
