@@ -1,6 +1,6 @@
 // Torch side of the CUDA path: current stream, device guard, error check. Built only with CUDA.
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include "cuda/intervene_cuda.h"
@@ -10,7 +10,7 @@ namespace gandid {
 void forward_cuda(const InterveneParams<float>* pf, const InterveneParams<double>* pd, DType dtype,
                   bool channels_last, const at::Tensor& x, at::Tensor& y, at::Tensor& beta_out) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
   const cudaError_t err = pf ? intervene_pixelnorm_cuda(*pf, dtype, channels_last, x.data_ptr(), y.data_ptr(),
                                                         beta_out.data_ptr(), stream)
                              : intervene_pixelnorm_cuda(*pd, dtype, channels_last, x.data_ptr(), y.data_ptr(),
