@@ -58,6 +58,6 @@ setup(
     entry_points={
         "console_scripts": ["gandid = gandid.cli:main"],
         # First-party plugins register exactly as a third party does.
-        "gandid": [],
+        "gandid": ["pggan = gandid_plugins.pggan"],
     },
 )

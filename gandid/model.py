@@ -53,6 +53,12 @@ class Generator(Protocol):
     def layer_module(self, name: str) -> torch.nn.Module:
         """The module whose forward output is layer ``name``'s features."""
 
+    def norm_module(self, site: str) -> torch.nn.Module:
+        """The module of norm site ``site`` (a :class:`PixelNorm` for kind 'pixelnorm')."""
+
+    def forward_from(self, layer: str, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Continue the forward pass from layer ``layer``'s output ``features`` (rows matching ``z``)."""
+
 
 @runtime_checkable
 class Segmenter(Protocol):
@@ -63,6 +69,25 @@ class Segmenter(Protocol):
 
     def class_scores(self, images: torch.Tensor, c: int) -> torch.Tensor:
         """Differentiable per-image score of class ``c``, (N,): e.g. its soft pixel fraction."""
+
+
+class PixelNorm(torch.nn.Module):
+    """Pixel normalisation ``x / sqrt(mean_c x^2 + eps)``, overridable by the engine.
+
+    Generators build their pixel-norm sites from this module so that the counterfactual engine can
+    replace a site's computation (fused intervention, borrowed or recorded β) through ``override``:
+    a callable ``x -> y`` or None. It has no parameters, so checkpoints are unaffected.
+    """
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+        self.override = None
+
+    def forward(self, x):
+        if self.override is not None:
+            return self.override(x)
+        return x / torch.sqrt(torch.mean(x * x, dim=1, keepdim=True) + self.eps)
 
 
 def normal_rows(seed: int, start: int, n: int, dim: int) -> torch.Tensor:
@@ -78,6 +103,13 @@ def normal_rows(seed: int, start: int, n: int, dim: int) -> torch.Tensor:
         g.manual_seed((int(seed) * 0x9E3779B97F4A7C15 + start + i) % (2**63 - 1))
         out[i] = torch.randn(dim, generator=g)
     return out
+
+
+def find_site(generator: Generator, name: str) -> NormSite:
+    for site in generator.norm_sites:
+        if site.name == name:
+            return site
+    raise UnknownNameError("norm site", name, [site.name for site in generator.norm_sites])
 
 
 def find_layer(generator: Generator, name: str) -> LayerInfo:
@@ -129,3 +161,28 @@ def iter_chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     """(start, stop) pairs covering range(total) in steps of ``size``."""
     for start in range(0, total, size):
         yield start, min(total, start + size)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def features_at(generator: Generator, z: torch.Tensor, layer: str) -> torch.Tensor:
+    """Layer ``layer``'s output for latents z, running only the layers up to it."""
+    find_layer(generator, layer)
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["out"] = output
+        raise _StopForward
+
+    handle = generator.layer_module(layer).register_forward_hook(hook)
+    try:
+        generator.forward(z)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "out" not in captured:
+        raise RuntimeError(f"layer {layer!r} was not reached by the generator's forward pass")
+    return captured["out"]
