@@ -1,0 +1,358 @@
+"""Interventions on units, β control, and the batched counterfactual engine.
+
+Notation (ARCHITECTURE §4): units U of a layer, a feature-map region with mask m, strength α per
+unit, insertion values k. Ablation: ``r' = (1 - α m) r``; insertion: ``r' = (1 - α m) r + α m k``.
+
+The engine runs a generator's prefix (everything up to the intervened layer) once, expands the rows,
+and runs the rest with every pixel-norm site computed by the fused op ``intervene_pixelnorm``: the
+intervention is fused into the pixel norm that reads the intervened layer, and β is borrowed across
+rows (``beta_src``) or replayed from a recording (``beta_in``) at the controlled sites.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from .model import Generator, PixelNorm, features_at, find_layer
+from .ops import intervene_pixelnorm
+from .ops.reference import intervene
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per chunk
+
+
+@dataclass
+class Intervention:
+    """Ablate (``value=None``) or insert units of one layer, everywhere or in a feature-map region.
+
+    units: unit (channel) indices; alpha: scalar or one per unit, in [0, 1]; value: insertion value
+    k, scalar or one per unit; region: (h, w) or (N, h, w) mask in [0, 1] on the layer's map.
+    """
+
+    layer: str
+    units: Sequence[int]
+    region: torch.Tensor | None = None
+    alpha: float | Sequence[float] | torch.Tensor = 1.0
+    value: float | Sequence[float] | torch.Tensor | None = None
+
+    def check(self, generator: Generator):
+        info = find_layer(generator, self.layer)
+        units = torch.as_tensor(list(self.units), dtype=torch.long)  # empty: a no-op intervention
+        bad = units[(units < 0) | (units >= info.channels)]
+        if bad.numel():
+            raise ValueError(f"invalid unit indices {bad.tolist()} for layer {self.layer!r}, which has "
+                             f"{info.channels} units (0..{info.channels - 1})")
+        if units.unique().numel() != units.numel():
+            raise ValueError(f"intervention on {self.layer!r}: unit indices repeat: {units.tolist()}")
+        for name, v in (("alpha", self.alpha), ("value", self.value)):
+            t = None if v is None else torch.as_tensor(v, dtype=torch.float32)
+            if t is not None and t.dim() > 0 and t.shape != (len(units),):
+                raise ValueError(f"intervention on {self.layer!r}: {name} must be a scalar or one per unit "
+                                 f"({len(units)}), got shape {tuple(t.shape)}")
+        if self.region is not None:
+            r = self.region
+            if r.dim() not in (2, 3) or tuple(r.shape[-2:]) != tuple(info.size):
+                raise ValueError(f"intervention on {self.layer!r}: region must be (h, w) = {tuple(info.size)} "
+                                 f"or (N, h, w), got {tuple(r.shape)}")
+        return info
+
+    def alpha_vector(self, channels: int, device) -> torch.Tensor:
+        """(C,) strengths: alpha at the units, zero elsewhere."""
+        alpha = torch.zeros(channels, device=device)
+        alpha[torch.as_tensor(list(self.units), dtype=torch.long, device=device)] = torch.as_tensor(
+            self.alpha, dtype=torch.float32, device=device)
+        return alpha
+
+    def value_vector(self, channels: int, device) -> torch.Tensor | None:
+        if self.value is None:
+            return None
+        value = torch.zeros(channels, device=device)
+        value[torch.as_tensor(list(self.units), dtype=torch.long, device=device)] = torch.as_tensor(
+            self.value, dtype=torch.float32, device=device)
+        return value
+
+    def region_mask(self, latents: int, repeats: int, device) -> torch.Tensor | None:
+        """(1 or repeats*latents, h, w) mask for rows laid out as ``repeats`` blocks of the latents."""
+        if self.region is None:
+            return None
+        r = self.region.to(device=device, dtype=torch.float32)
+        if r.dim() == 2:
+            return r.unsqueeze(0)
+        if r.shape[0] != latents:
+            raise ValueError(f"intervention on {self.layer!r}: region has {r.shape[0]} rows for {latents} latents")
+        return r.repeat(repeats, 1, 1)
+
+    def apply(self, x: torch.Tensor, latents: int, repeats: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The intervention on features x in plain PyTorch (for layers not followed by a pixel norm)."""
+        c = x.shape[1]
+        return intervene(x, self.alpha_vector(c, x.device).to(x.dtype), self.region_mask(latents, repeats, x.device),
+                         self.value_vector(c, x.device), rows)
+
+
+@dataclass
+class BetaControl:
+    """Which norm sites have β controlled in a DID.
+
+    ``sites=None``: every pixel-norm site from the one that reads the intervened layer to the output
+    (the papers control layers 4 to 13 of PG-GAN); or an explicit list of site names.
+    """
+
+    sites: Sequence[str] | None = None
+
+    def resolve(self, generator: Generator, layer: str) -> list[str]:
+        names = [s.name for s in generator.norm_sites]
+        if self.sites is not None:
+            unknown = [s for s in self.sites if s not in names]
+            if unknown:
+                from .errors import UnknownNameError
+
+                raise UnknownNameError("norm site", unknown[0], names)
+            return list(self.sites)
+        layer_names = [l.name for l in generator.layers]
+        start = layer_names.index(layer)
+        after = set(layer_names[start:])
+        return [s.name for s in generator.norm_sites if s.kind == "pixelnorm" and s.layer in after]
+
+
+@dataclass
+class Arms:
+    """The four DID arms, each (N, 3, H, W), and the controlled sites."""
+
+    original: torch.Tensor  # Y(β, u)
+    intervened: torch.Tensor  # Y(β', u'): the natural intervened run
+    intervened_fixed_beta: torch.Tensor  # Y(β, u'): intervened units, the original run's β
+    original_swapped_beta: torch.Tensor  # Y(β', u): original units, the intervened run's β
+    sites: list[str] = field(default_factory=list)
+
+    @property
+    def did(self) -> torch.Tensor:
+        """ΔY = [Y(β',u') - Y(β',u)] - [Y(β,u') - Y(β,u)], per image (N, 3, H, W)."""
+        return (self.intervened - self.original_swapped_beta) - (self.intervened_fixed_beta - self.original)
+
+
+class BufferPool:
+    """Preallocated outputs of the fused op, one pair per (site, shape, dtype, layout), reused across
+    batches: on CPU a fresh large tensor costs page faults on every call."""
+
+    def __init__(self):
+        self._buffers: dict = {}
+
+    def get(self, site: str, x: torch.Tensor):
+        cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        key = (site, tuple(x.shape), x.dtype, x.device, cl)
+        if key not in self._buffers:
+            out = torch.empty_like(x, memory_format=torch.channels_last if cl else torch.contiguous_format)
+            beta = x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]))
+            self._buffers[key] = (out, beta)
+        return self._buffers[key]
+
+    def clear(self):
+        self._buffers.clear()
+
+
+@contextlib.contextmanager
+def _site_overrides(generator: Generator, fns: dict):
+    """Install ``x -> y`` overrides on pixel-norm site modules, removed on exit."""
+    modules = []
+    try:
+        for site, fn in fns.items():
+            module = generator.norm_module(site)
+            if not isinstance(module, PixelNorm):
+                raise TypeError(f"norm site {site!r} is not a gandid.model.PixelNorm module; the engine cannot "
+                                "override it")
+            module.override = fn
+            modules.append(module)
+        yield
+    finally:
+        for module in modules:
+            module.override = None
+
+
+def _norm_fn(site: str, pool: BufferPool | None, record: dict | None = None, **op_kwargs):
+    """The fused op at one site; records each row's own β when ``record`` is given."""
+
+    def fn(x):
+        out, beta_out = pool.get(site, x) if pool is not None and not torch.is_grad_enabled() else (None, None)
+        y, beta = intervene_pixelnorm(x, out=out, beta_out=beta_out, **op_kwargs)
+        if record is not None:
+            record[site] = beta.clone()
+        return y
+
+    return fn
+
+
+def _pixelnorm_sites(generator: Generator) -> list[str]:
+    return [s.name for s in generator.norm_sites if s.kind == "pixelnorm"]
+
+
+def _site_after(generator: Generator, layer: str) -> str | None:
+    """The pixel-norm site that reads ``layer``'s output directly, if any."""
+    for s in generator.norm_sites:
+        if s.layer == layer and s.kind == "pixelnorm":
+            return s.name
+    return None
+
+
+def _single_layer(interventions: Sequence[Intervention]) -> str:
+    layers = {i.layer for i in interventions}
+    if len(layers) != 1:
+        raise ValueError(f"a DID intervenes at one layer; got {sorted(layers)}")
+    return layers.pop()
+
+
+def _as_list(intervention) -> list[Intervention]:
+    if isinstance(intervention, Intervention):
+        return [intervention]
+    return list(intervention)
+
+
+def rows_per_chunk(generator: Generator, memory_budget: int) -> int:
+    """Rows whose activations fit the budget: a few live copies of the largest layer, plus the image."""
+    largest = max(l.channels * l.size[0] * l.size[1] for l in generator.layers)
+    per_row = 4 * (4 * largest + 3 * generator.resolution ** 2)
+    return max(1, memory_budget // per_row)
+
+
+def _expanded(generator, z, layer, interventions, repeats, rows_mask, beta_src, controlled, pool, backend):
+    """Run the suffix from ``layer`` on ``repeats`` blocks of z, intervening on the rows in rows_mask."""
+    n = len(z)
+    feats = features_at(generator, z, layer)
+    x = feats.repeat(repeats, 1, 1, 1)
+    zz = z.repeat(repeats, *([1] * (z.dim() - 1)))
+    first = _site_after(generator, layer)
+    fused = first is not None and len(interventions) == 1
+    if not fused:  # several interventions, or no pixel norm reads the layer: apply them in PyTorch
+        for iv in interventions:
+            x = iv.apply(x, n, repeats, rows_mask)
+    fns = {}
+    c = x.shape[1]
+    for site in _pixelnorm_sites(generator):
+        kwargs = {"backend": backend}
+        if site in controlled and beta_src is not None:
+            kwargs["beta_src"] = beta_src
+        if fused and site == first:
+            iv = interventions[0]
+            kwargs.update(alpha=iv.alpha_vector(c, x.device), value=iv.value_vector(c, x.device),
+                          region=iv.region_mask(n, repeats, x.device), rows=rows_mask)
+        fns[site] = _norm_fn(site, pool, **kwargs)
+    with _site_overrides(generator, fns):
+        return generator.forward_from(layer, x, zz)
+
+
+def counterfactuals(generator: Generator, z: torch.Tensor, intervention, beta_control: BetaControl | None = None,
+                    *, memory_budget: int = DEFAULT_MEMORY_BUDGET, pool: BufferPool | None = None,
+                    backend: str | None = None) -> Arms:
+    """The four DID arms of ARCHITECTURE §4 from one pass per chunk of latents.
+
+    Rows are laid out as four blocks of the N latents: arm 1 Y(β,u), arm 2 Y(β',u'), arm 3 Y(β,u')
+    (borrows arm 1's β at the controlled sites), arm 4 Y(β',u) (borrows arm 2's). The prefix up to the
+    intervened layer runs once per chunk; the op's ``beta_src`` does the borrowing.
+    """
+    interventions = _as_list(intervention)
+    for iv in interventions:
+        iv.check(generator)
+    layer = _single_layer(interventions)
+    controlled = set((beta_control or BetaControl()).resolve(generator, layer))
+    pool = pool if pool is not None else BufferPool()
+    chunk = max(1, rows_per_chunk(generator, memory_budget) // 4)
+    parts = []
+    with torch.no_grad():
+        for lo in range(0, len(z), chunk):
+            zc = z[lo:lo + chunk]
+            n = len(zc)
+            arm = torch.arange(n, device=zc.device)
+            beta_src = torch.cat([arm, arm + n, arm, arm + n])
+            rows = torch.zeros(4 * n, dtype=torch.bool, device=zc.device)
+            rows[n:3 * n] = True
+            ivs = [_slice_region(iv, lo, n) for iv in interventions]
+            parts.append(_expanded(generator, zc, layer, ivs, 4, rows, beta_src, controlled, pool,
+                                   backend).view(4, n, *generator_output_shape(generator)))
+    images = torch.cat(parts, dim=1)
+    return Arms(images[0], images[1], images[2], images[3], sorted(controlled, key=_site_order(generator)))
+
+
+def generator_output_shape(generator: Generator) -> tuple:
+    return (3, generator.resolution, generator.resolution)
+
+
+def _site_order(generator):
+    order = {s.name: i for i, s in enumerate(generator.norm_sites)}
+    return lambda name: order[name]
+
+
+def _slice_region(iv: Intervention, lo: int, n: int) -> Intervention:
+    if iv.region is None or iv.region.dim() == 2:
+        return iv
+    return Intervention(iv.layer, iv.units, iv.region[lo:lo + n], iv.alpha, iv.value)
+
+
+def run_with_betas(generator: Generator, z: torch.Tensor, intervention=(), beta_in: dict | None = None,
+                   *, record: bool = False, backend: str | None = None):
+    """One forward pass with optional interventions and recorded β replayed at some sites.
+
+    Returns ``(images, betas)`` where ``betas`` maps every pixel-norm site to each row's own β (N, 1, h, w)
+    when ``record`` is set (else {}). Replaying ``beta_in`` = {site: β} is how designs that need two
+    passes (or β from another run) are built.
+    """
+    interventions = _as_list(intervention)
+    for iv in interventions:
+        iv.check(generator)
+    beta_in = dict(beta_in or {})
+    known = set(_pixelnorm_sites(generator))
+    for site in beta_in:
+        if site not in known:
+            from .errors import UnknownNameError
+
+            raise UnknownNameError("pixel-norm site", site, sorted(known))
+    recorded = {} if record else None
+    fns = {}
+    for site in _pixelnorm_sites(generator):
+        fns[site] = _norm_fn(site, None, recorded, backend=backend, beta_in=beta_in.get(site))
+    hooks = []
+    for iv in interventions:
+        module = generator.layer_module(iv.layer)
+        hooks.append(module.register_forward_hook(lambda m, i, out, iv=iv: iv.apply(out, len(z), 1)))
+    try:
+        with _site_overrides(generator, fns):
+            images = generator.forward(z)
+    finally:
+        for h in hooks:
+            h.remove()
+    return images, (recorded or {})
+
+
+def per_unit(generator: Generator, z: torch.Tensor, layer: str, units: Sequence[int] | None = None, *,
+             value: torch.Tensor | None = None, alpha: float = 1.0, region: torch.Tensor | None = None,
+             memory_budget: int = DEFAULT_MEMORY_BUDGET, pool: BufferPool | None = None,
+             backend: str | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Every single-unit intervention of ``layer`` for the same latents, after one shared prefix.
+
+    Yields ``(units_chunk, images)`` with images (len(units_chunk), N, 3, H, W): row block i is unit
+    units_chunk[i] ablated (``value=None``) or inserted with ``value[unit]`` ((C,) tensor), with
+    strength alpha in ``region`` ((h, w), optional).
+    """
+    info = find_layer(generator, layer)
+    units = list(range(info.channels)) if units is None else list(units)
+    Intervention(layer, units, region, alpha, None).check(generator)
+    pool = pool if pool is not None else BufferPool()
+    n = len(z)
+    per_chunk = max(1, rows_per_chunk(generator, memory_budget) // max(1, n))
+    with torch.no_grad():
+        feats = features_at(generator, z, layer)  # the prefix, once
+        mask = None if region is None else region.to(feats.device, feats.dtype)
+        fns = {site: _norm_fn(site, pool, backend=backend) for site in _pixelnorm_sites(generator)}
+        with _site_overrides(generator, fns):
+            for lo in range(0, len(units), per_chunk):
+                chunk = units[lo:lo + per_chunk]
+                u = len(chunk)
+                x = feats.repeat(u, 1, 1, 1)
+                idx = torch.as_tensor(chunk, device=feats.device)
+                blocks = x.view(u, n, *x.shape[1:])
+                r = blocks[torch.arange(u), :, idx]  # (u, N, h, w): each block's own unit
+                s = alpha if mask is None else alpha * mask
+                k = 0.0 if value is None else value.to(feats.device)[idx].view(u, 1, 1, 1)
+                blocks[torch.arange(u), :, idx] = r - s * (r - k)
+                yield chunk, generator.forward_from(layer, x, z.repeat(u, 1)).view(u, n, *generator_output_shape(
+                    generator))
