@@ -20,7 +20,11 @@ from .model import Generator, PixelNorm, features_at, find_layer
 from .ops import intervene_pixelnorm
 from .ops.reference import intervene
 
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per chunk
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per chunk, at most
+# Rows per chunk are also capped so that the largest activation of a chunk stays near this size:
+# on the 2-core CPU this was measured on, a plain forward costs 10-40 % more per row at 128 rows
+# than at 16-32, as activations fall out of cache.
+CACHE_FRIENDLY_BYTES = 16 << 20
 
 
 @dataclass
@@ -42,7 +46,8 @@ class Intervention:
         units = torch.as_tensor(list(self.units), dtype=torch.long)  # empty: a no-op intervention
         bad = units[(units < 0) | (units >= info.channels)]
         if bad.numel():
-            raise ValueError(f"invalid unit indices {bad.tolist()} for layer {self.layer!r}, which has "
+            shown = bad.tolist()[:10] + (["..."] if bad.numel() > 10 else [])
+            raise ValueError(f"invalid unit indices {shown} for layer {self.layer!r}, which has "
                              f"{info.channels} units (0..{info.channels - 1})")
         if units.unique().numel() != units.numel():
             raise ValueError(f"intervention on {self.layer!r}: unit indices repeat: {units.tolist()}")
@@ -175,7 +180,8 @@ def _norm_fn(site: str, pool: BufferPool | None, record: dict | None = None, **o
 
     def fn(x):
         out, beta_out = pool.get(site, x) if pool is not None and not torch.is_grad_enabled() else (None, None)
-        y, beta = intervene_pixelnorm(x, out=out, beta_out=beta_out, **op_kwargs)
+        with torch.profiler.record_function("gandid::norm_site"):  # so profiles show the norm sites' share
+            y, beta = intervene_pixelnorm(x, out=out, beta_out=beta_out, **op_kwargs)
         if record is not None:
             record[site] = beta.clone()
         return y
@@ -209,17 +215,26 @@ def _as_list(intervention) -> list[Intervention]:
 
 
 def rows_per_chunk(generator: Generator, memory_budget: int) -> int:
-    """Rows whose activations fit the budget: a few live copies of the largest layer, plus the image."""
+    """Rows per chunk: a few live copies of the largest layer plus the image must fit the budget, and
+    the largest activation of the chunk should stay cache-friendly (CACHE_FRIENDLY_BYTES)."""
     largest = max(l.channels * l.size[0] * l.size[1] for l in generator.layers)
     per_row = 4 * (4 * largest + 3 * generator.resolution ** 2)
-    return max(1, memory_budget // per_row)
+    return max(1, min(memory_budget // per_row, CACHE_FRIENDLY_BYTES // (4 * largest)))
 
 
-def _expanded(generator, z, layer, interventions, repeats, rows_mask, beta_src, controlled, pool, backend):
+def _layout(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
+    """channels_last by default on CPU, where it made the convolutions 1.5-2x faster (benchmarks/RESULTS.md)."""
+    if channels_last is None:
+        channels_last = x.device.type == "cpu"
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _expanded(generator, z, layer, interventions, repeats, rows_mask, beta_src, controlled, pool, backend,
+              channels_last):
     """Run the suffix from ``layer`` on ``repeats`` blocks of z, intervening on the rows in rows_mask."""
     n = len(z)
     feats = features_at(generator, z, layer)
-    x = feats.repeat(repeats, 1, 1, 1)
+    x = _layout(feats.repeat(repeats, 1, 1, 1), channels_last)
     zz = z.repeat(repeats, *([1] * (z.dim() - 1)))
     first = _site_after(generator, layer)
     fused = first is not None and len(interventions) == 1
@@ -243,7 +258,7 @@ def _expanded(generator, z, layer, interventions, repeats, rows_mask, beta_src, 
 
 def counterfactuals(generator: Generator, z: torch.Tensor, intervention, beta_control: BetaControl | None = None,
                     *, memory_budget: int = DEFAULT_MEMORY_BUDGET, pool: BufferPool | None = None,
-                    backend: str | None = None) -> Arms:
+                    backend: str | None = None, channels_last: bool | None = None) -> Arms:
     """The four DID arms of ARCHITECTURE §4 from one pass per chunk of latents.
 
     Rows are laid out as four blocks of the N latents: arm 1 Y(β,u), arm 2 Y(β',u'), arm 3 Y(β,u')
@@ -267,8 +282,8 @@ def counterfactuals(generator: Generator, z: torch.Tensor, intervention, beta_co
             rows = torch.zeros(4 * n, dtype=torch.bool, device=zc.device)
             rows[n:3 * n] = True
             ivs = [_slice_region(iv, lo, n) for iv in interventions]
-            parts.append(_expanded(generator, zc, layer, ivs, 4, rows, beta_src, controlled, pool,
-                                   backend).view(4, n, *generator_output_shape(generator)))
+            parts.append(_expanded(generator, zc, layer, ivs, 4, rows, beta_src, controlled, pool, backend,
+                                   channels_last).view(4, n, *generator_output_shape(generator)))
     images = torch.cat(parts, dim=1)
     return Arms(images[0], images[1], images[2], images[3], sorted(controlled, key=_site_order(generator)))
 
@@ -326,7 +341,7 @@ def run_with_betas(generator: Generator, z: torch.Tensor, intervention=(), beta_
 def per_unit(generator: Generator, z: torch.Tensor, layer: str, units: Sequence[int] | None = None, *,
              value: torch.Tensor | None = None, alpha: float = 1.0, region: torch.Tensor | None = None,
              memory_budget: int = DEFAULT_MEMORY_BUDGET, pool: BufferPool | None = None,
-             backend: str | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+             backend: str | None = None, channels_last: bool | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Every single-unit intervention of ``layer`` for the same latents, after one shared prefix.
 
     Yields ``(units_chunk, images)`` with images (len(units_chunk), N, 3, H, W): row block i is unit
@@ -354,5 +369,20 @@ def per_unit(generator: Generator, z: torch.Tensor, layer: str, units: Sequence[
                 s = alpha if mask is None else alpha * mask
                 k = 0.0 if value is None else value.to(feats.device)[idx].view(u, 1, 1, 1)
                 blocks[torch.arange(u), :, idx] = r - s * (r - k)
-                yield chunk, generator.forward_from(layer, x, z.repeat(u, 1)).view(u, n, *generator_output_shape(
-                    generator))
+                images = generator.forward_from(layer, _layout(x, channels_last), z.repeat(u, 1))
+                yield chunk, images.view(u, n, *generator_output_shape(generator))
+
+
+def counterfactuals_naive(generator: Generator, z: torch.Tensor, intervention,
+                          beta_control: BetaControl | None = None, *, backend: str = "reference") -> Arms:
+    """The four arms the slow way: four separate forward passes with hooks that record and replay β,
+    as GAN Dissection-style hooks would. The baseline the one-pass engine is benchmarked against."""
+    interventions = _as_list(intervention)
+    layer = _single_layer(interventions)
+    controlled = (beta_control or BetaControl()).resolve(generator, layer)
+    with torch.no_grad():
+        original, beta = run_with_betas(generator, z, record=True, backend=backend)
+        intervened, beta_iv = run_with_betas(generator, z, interventions, record=True, backend=backend)
+        fixed, _ = run_with_betas(generator, z, interventions, {s: beta[s] for s in controlled}, backend=backend)
+        swapped, _ = run_with_betas(generator, z, (), {s: beta_iv[s] for s in controlled}, backend=backend)
+    return Arms(original, intervened, fixed, swapped, controlled)

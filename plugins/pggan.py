@@ -56,7 +56,12 @@ class ConvBlock(nn.Module):
         x = self.norm(x)
         if self.up is not None:
             x = self.up(x)
-        return self.relu(self.wscale(self.conv(x)))
+        # conv -> WScale -> LeakyReLU with the scale folded into the weight and b as the conv's bias:
+        # the same function in one pass over the output instead of three (the engine profile showed
+        # the separate mul, add and leaky_relu at ~23 % of a 256 px forward).
+        conv = self.conv
+        x = nn.functional.conv2d(x, conv.weight * self.wscale.scale, self.wscale.b, conv.stride, conv.padding)
+        return nn.functional.leaky_relu(x, 0.2, inplace=not torch.is_grad_enabled())
 
 
 class OutputBlock(nn.Module):
