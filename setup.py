@@ -58,6 +58,6 @@ setup(
     entry_points={
         "console_scripts": ["gandid = gandid.cli:main"],
         # First-party plugins register exactly as a third party does.
-        "gandid": ["pggan = gandid_plugins.pggan"],
+        "gandid": ["pggan = gandid_plugins.pggan", "stylegan2 = gandid_plugins.stylegan2"],
     },
 )

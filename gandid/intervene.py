@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .model import Generator, PixelNorm, features_at, find_layer
+from .model import Generator, features_at, find_layer
 from .ops import intervene_pixelnorm
 from .ops.reference import intervene
 
@@ -25,6 +25,9 @@ DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per chunk, at most
 # on the 2-core CPU this was measured on, a plain forward costs 10-40 % more per row at 128 rows
 # than at 16-32, as activations fall out of cache.
 CACHE_FRIENDLY_BYTES = 16 << 20
+# Norm kinds the engine can record and override: pixel norm through the fused op, weight
+# demodulation (StyleGAN2; coefficients d of shape (N, out)) in plain PyTorch.
+CONTROLLABLE = ("pixelnorm", "demod")
 
 
 @dataclass
@@ -100,8 +103,8 @@ class Intervention:
 class BetaControl:
     """Which norm sites have β controlled in a DID.
 
-    ``sites=None``: every pixel-norm site from the one that reads the intervened layer to the output
-    (the papers control layers 4 to 13 of PG-GAN); or an explicit list of site names.
+    ``sites=None``: every pixel-norm (and weight-demodulation) site from the one that reads the
+    intervened layer to the output (the papers control layers 4 to 13 of PG-GAN); or a list of names.
     """
 
     sites: Sequence[str] | None = None
@@ -118,7 +121,7 @@ class BetaControl:
         layer_names = [l.name for l in generator.layers]
         start = layer_names.index(layer)
         after = set(layer_names[start:])
-        return [s.name for s in generator.norm_sites if s.kind == "pixelnorm" and s.layer in after]
+        return [s.name for s in generator.norm_sites if s.kind in CONTROLLABLE and s.layer in after]
 
 
 @dataclass
@@ -159,14 +162,14 @@ class BufferPool:
 
 @contextlib.contextmanager
 def _site_overrides(generator: Generator, fns: dict):
-    """Install ``x -> y`` overrides on pixel-norm site modules, removed on exit."""
+    """Install overrides on norm-site modules (their ``override`` attribute), removed on exit."""
     modules = []
     try:
         for site, fn in fns.items():
             module = generator.norm_module(site)
-            if not isinstance(module, PixelNorm):
-                raise TypeError(f"norm site {site!r} is not a gandid.model.PixelNorm module; the engine cannot "
-                                "override it")
+            if not hasattr(module, "override"):
+                raise TypeError(f"norm site {site!r} ({type(module).__name__}) has no 'override' attribute; the "
+                                "engine cannot control it (pixel norms should be gandid.model.PixelNorm)")
             module.override = fn
             modules.append(module)
         yield
@@ -179,18 +182,38 @@ def _norm_fn(site: str, pool: BufferPool | None, record: dict | None = None, **o
     """The fused op at one site; records each row's own β when ``record`` is given."""
 
     def fn(x):
+        shape = x.shape
+        if x.dim() == 2:  # a pixel norm on vectors (e.g. StyleGAN2's on z): one 1x1 "pixel" per row
+            x = x.view(shape[0], shape[1], 1, 1)
         out, beta_out = pool.get(site, x) if pool is not None and not torch.is_grad_enabled() else (None, None)
         with torch.profiler.record_function("gandid::norm_site"):  # so profiles show the norm sites' share
             y, beta = intervene_pixelnorm(x, out=out, beta_out=beta_out, **op_kwargs)
         if record is not None:
             record[site] = beta.clone()
-        return y
+        return y.view(shape)
+
+    return fn
+
+
+def _demod_fn(site: str, record: dict | None = None, beta_src=None, beta_in=None):
+    """Weight-demodulation coefficients d (N, out): recorded, borrowed (d[beta_src]) or replayed."""
+
+    def fn(d):
+        if record is not None:
+            record[site] = d.detach().clone()
+        if beta_in is not None:
+            return beta_in.to(d)
+        return d if beta_src is None else d[beta_src]
 
     return fn
 
 
 def _pixelnorm_sites(generator: Generator) -> list[str]:
     return [s.name for s in generator.norm_sites if s.kind == "pixelnorm"]
+
+
+def _demod_sites(generator: Generator) -> list[str]:
+    return [s.name for s in generator.norm_sites if s.kind == "demod"]
 
 
 def _site_after(generator: Generator, layer: str) -> str | None:
@@ -252,6 +275,10 @@ def _expanded(generator, z, layer, interventions, repeats, rows_mask, beta_src, 
             kwargs.update(alpha=iv.alpha_vector(c, x.device), value=iv.value_vector(c, x.device),
                           region=iv.region_mask(n, repeats, x.device), rows=rows_mask)
         fns[site] = _norm_fn(site, pool, **kwargs)
+    if beta_src is not None:
+        for site in _demod_sites(generator):
+            if site in controlled:
+                fns[site] = _demod_fn(site, beta_src=beta_src)
     with _site_overrides(generator, fns):
         return generator.forward_from(layer, x, zz)
 
@@ -307,24 +334,26 @@ def run_with_betas(generator: Generator, z: torch.Tensor, intervention=(), beta_
                    *, record: bool = False, backend: str | None = None):
     """One forward pass with optional interventions and recorded β replayed at some sites.
 
-    Returns ``(images, betas)`` where ``betas`` maps every pixel-norm site to each row's own β (N, 1, h, w)
-    when ``record`` is set (else {}). Replaying ``beta_in`` = {site: β} is how designs that need two
+    Returns ``(images, betas)`` where ``betas`` maps every pixel-norm site to each row's own β (N, 1, h, w),
+    and every demod site to its coefficients (N, out), when ``record`` is set (else {}). Replaying ``beta_in`` = {site: β} is how designs that need two
     passes (or β from another run) are built.
     """
     interventions = _as_list(intervention)
     for iv in interventions:
         iv.check(generator)
     beta_in = dict(beta_in or {})
-    known = set(_pixelnorm_sites(generator))
+    known = set(_pixelnorm_sites(generator)) | set(_demod_sites(generator))
     for site in beta_in:
         if site not in known:
             from .errors import UnknownNameError
 
-            raise UnknownNameError("pixel-norm site", site, sorted(known))
+            raise UnknownNameError("controllable norm site", site, sorted(known))
     recorded = {} if record else None
     fns = {}
     for site in _pixelnorm_sites(generator):
         fns[site] = _norm_fn(site, None, recorded, backend=backend, beta_in=beta_in.get(site))
+    for site in _demod_sites(generator):
+        fns[site] = _demod_fn(site, recorded, beta_in=beta_in.get(site))
     hooks = []
     for iv in interventions:
         module = generator.layer_module(iv.layer)
