@@ -126,9 +126,11 @@ class Session:
 
         # 1. Names first: cheap, and the most common mistake.
         if cfg.generator not in reg.names("generator"):
-            if cfg.generator == RunConfig.generator and not reg.names("generator"):
-                raise ConfigError(f"no default generator installed: the embedded {cfg.generator!r} generator is not "
-                                  "available in this installation, and no other generator plugin is installed")
+            if cfg.generator == RunConfig.generator:
+                others = ", ".join(reg.names("generator")) or "none"
+                raise ConfigError(f"no default generator installed: the embedded {cfg.generator!r} model is not in "
+                                  f"this installation. Choose one with --generator NAME --weights FILE "
+                                  f"(installed: {others})")
             raise UnknownNameError("generator", cfg.generator, reg.names("generator"))
         if cfg.segmenter is not None:
             reg.get("segmenter", cfg.segmenter)

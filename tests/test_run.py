@@ -95,6 +95,7 @@ def test_failing_analysis_does_not_take_others_down(tmp_path, registry):
 
 @pytest.mark.parametrize("change, message", [
     (dict(generator="tinny"), "did you mean 'tiny'"),
+    (dict(generator="toyroom"), "no default generator installed: the embedded 'toyroom' model"),
     (dict(segmenter="tyni"), "did you mean 'tiny'"),
     (dict(analysis=["unitstat"]), "did you mean 'unitstats'"),
     (dict(layer=["layer3"]), "unknown layer 'layer3'; did you mean 'layer2' or 'layer1'? Valid: layer1, layer2"),
