@@ -58,6 +58,10 @@ setup(
     entry_points={
         "console_scripts": ["gandid = gandid.cli:main"],
         # First-party plugins register exactly as a third party does.
-        "gandid": ["pggan = gandid_plugins.pggan", "stylegan2 = gandid_plugins.stylegan2"],
+        "gandid": [
+            "pggan = gandid_plugins.pggan",
+            "stylegan2 = gandid_plugins.stylegan2",
+            "dissect = gandid_plugins.dissect",
+        ],
     },
 )

@@ -1,0 +1,178 @@
+"""`dissect`: which units draw which classes (GAN Dissection, Bau et al. 2019).
+
+Per unit u a threshold t is fitted on a separate sample set (its own seed): the top quantile of the
+unit's upsampled activations (default 0.99) or, in ``iqr`` mode, per class the t maximising the
+information quality ratio I(r >= t; s_c) / H(r >= t, s_c). Then over the run's samples
+IoU_{u,c} = E|(r_u^ >= t) & s_c| / E|(r_u^ >= t) | s_c|, with r_u^ the activation upsampled bilinearly
+to the segmentation. Thresholds are histogram bin edges and a unit counts as active at t itself, so
+values tied at the quantile (activations often have such atoms) are active. Only sums are kept
+(mergeable, resumable).
+"""
+from __future__ import annotations
+
+import csv
+
+import torch
+import torch.nn.functional as F
+
+from gandid import hookimpl
+from gandid.stats import Histogram, TopK
+
+FIT_SEED_OFFSET = 1_000_003  # the fit set's seed: config seed + this, so fit and test samples differ
+MODES = ("quantile", "iqr")
+
+
+def upsampled(features: torch.Tensor, size) -> torch.Tensor:
+    """(B, U, h, w) -> (U, B*H*W) activations upsampled bilinearly to the segmentation size."""
+    up = F.interpolate(features.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return up.transpose(0, 1).reshape(features.shape[1], -1)
+
+
+def one_hot_pixels(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(B, H, W) int labels -> (B*H*W, C) float one-hot."""
+    return F.one_hot(labels.reshape(-1).long(), classes).float()
+
+
+def information_quality_ratio(hist_all: torch.Tensor, hist_class: torch.Tensor):
+    """For thresholds at every bin edge: I(r > t; s_c) / H(r > t, s_c).
+
+    hist_all (U, B): pixel counts per activation bin; hist_class (U, C, B): the same for class-c pixels.
+    Returns (U, C, B) ratios, edge j meaning "r in bin >= j".
+    """
+    n = hist_all.sum(1).clamp_min(1)[:, None, None]
+    above = hist_all.flip(1).cumsum(1).flip(1)[:, None, :]  # (U, 1, B): pixels with r > t
+    inter = hist_class.flip(2).cumsum(2).flip(2)  # (U, C, B)
+    cls = hist_class.sum(2, keepdim=True)  # (U, C, 1)
+    p11 = inter / n
+    p10 = (above - inter) / n
+    p01 = (cls - inter) / n
+    p00 = (1 - p11 - p10 - p01).clamp_min(0)
+
+    def h(*ps):
+        return -sum(torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)) for p in ps)
+
+    joint = h(p11, p10, p01, p00)
+    px, py = p11 + p10, p11 + p01
+    mutual = h(px, 1 - px) + h(py, 1 - py) - joint
+    return torch.where(joint > 0, mutual / joint.clamp_min(1e-12), torch.zeros_like(joint))
+
+
+class Dissect:
+    """Options: threshold_mode 'quantile' | 'iqr', quantile, iou_threshold (interpretable above it),
+    fit_samples (threshold fitting set size), bins, top_seeds (kept per unit), unit_chunk."""
+
+    def __init__(self, threshold_mode: str = "quantile", quantile: float = 0.99, iou_threshold: float = 0.04,
+                 fit_samples: int = 200, bins: int = 256, top_seeds: int = 8, unit_chunk: int = 64):
+        if threshold_mode not in MODES:
+            from gandid.errors import UnknownNameError
+
+            raise UnknownNameError("dissect threshold_mode", threshold_mode, MODES)
+        if not 0 < quantile < 1:
+            raise ValueError(f"dissect: quantile must be in (0, 1), got {quantile}")
+        self.mode, self.quantile, self.iou_threshold = threshold_mode, quantile, iou_threshold
+        self.fit_samples, self.bins, self.top_seeds, self.unit_chunk = fit_samples, bins, top_seeds, unit_chunk
+
+    # -- thresholds ------------------------------------------------------------------------
+    def fit_thresholds(self, ctx, layer: str, classes: int) -> torch.Tensor:
+        """(U, C) thresholds fitted on the separate sample set (the same for every class in quantile mode)."""
+        seed = ctx.config.seed + FIT_SEED_OFFSET
+        hist = hist_class = None
+        for batch in ctx.batches(samples=self.fit_samples, seed=seed, layers=[layer],
+                                 segment=self.mode == "iqr", description=f"dissect {layer}: fit thresholds"):
+            feats = batch.features[layer]
+            if hist is None:  # range from the first batch, widened: later values clamp into the end bins
+                flat = feats.transpose(0, 1).reshape(feats.shape[1], -1).double()
+                lo, hi = flat.min(1).values, flat.max(1).values
+                span = (hi - lo).clamp_min(1e-6)
+                hist = Histogram(lo - 0.5 * span, hi + 0.5 * span, self.bins)
+                if self.mode == "iqr":
+                    hist_class = torch.zeros(feats.shape[1], classes, self.bins, dtype=torch.float64)
+            size = batch.images.shape[-2:]
+            up = upsampled(feats, size)
+            hist.update(up)
+            if self.mode == "iqr":
+                idx = hist.bin_index(up)  # (U, P)
+                lab = batch.labels.reshape(-1).long()
+                flat_index = lab[None, :] * self.bins + idx  # (U, P) into (C * B)
+                per_unit = torch.zeros(up.shape[0], classes * self.bins, dtype=torch.float64)
+                per_unit.scatter_add_(1, flat_index, torch.ones_like(flat_index, dtype=torch.float64))
+                hist_class += per_unit.view(up.shape[0], classes, self.bins)
+        if self.mode == "quantile":
+            # the lower edge of the quantile's bin: ties at the quantile count as active
+            return hist.quantile(self.quantile, interpolate=False)[:, None].expand(-1, classes).float()
+        ratio = information_quality_ratio(hist.counts, hist_class)
+        best = ratio.argmax(2)  # (U, C) edge index
+        return hist.edges().gather(1, best).float()  # edge j of each row, per class
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self, ctx):
+        labels = list(ctx.segmenter.labels)
+        result = {"threshold_mode": self.mode, "iou_threshold": self.iou_threshold, "layers": {}}
+        state = ctx.load_state() or {}
+        for layer in ctx.layers:
+            layer_state = state.get(layer)
+            if layer_state is None or "thresholds" not in layer_state:
+                layer_state = {"thresholds": self.fit_thresholds(ctx, layer, len(labels)), "done": 0}
+                state[layer] = layer_state
+                ctx.save_state(state)
+            result["layers"][layer] = self.dissect_layer(ctx, layer, labels, layer_state, state)
+        return result
+
+    def dissect_layer(self, ctx, layer, labels, layer_state, state):
+        classes = len(labels)
+        t = layer_state["thresholds"]  # (U, C)
+        units = t.shape[0]
+        inter = layer_state.get("inter", torch.zeros(units, classes, dtype=torch.float64))
+        active = layer_state.get("active", torch.zeros(units, classes, dtype=torch.float64))
+        cls = layer_state.get("cls", torch.zeros(classes, dtype=torch.float64))
+        top = TopK.from_state(layer_state["top"]) if "top" in layer_state else TopK(units, self.top_seeds)
+        for batch in ctx.batches(layers=[layer], start=layer_state["done"], description=f"dissect {layer}"):
+            feats = batch.features[layer]
+            onehot = one_hot_pixels(batch.labels, classes)  # (P, C)
+            cls += onehot.sum(0).double()
+            top.update(feats.flatten(2).amax(2).transpose(0, 1), torch.as_tensor(list(batch.seeds)))
+            for lo in range(0, units, self.unit_chunk):
+                up = upsampled(feats[:, lo:lo + self.unit_chunk], batch.images.shape[-2:])  # (u, P)
+                tc = t[lo:lo + self.unit_chunk]
+                if self.mode == "quantile":
+                    mask = (up >= tc[:, :1]).float()
+                    inter[lo:lo + len(up)] += (mask @ onehot).double()
+                    active[lo:lo + len(up)] += mask.sum(1, keepdim=True).double()
+                else:
+                    for c in range(classes):
+                        mask = (up >= tc[:, c:c + 1]).float()
+                        inter[lo:lo + len(up), c] += (mask @ onehot[:, c]).double()
+                        active[lo:lo + len(up), c] += mask.sum(1).double()
+            layer_state.update(done=batch.start + len(batch.z), inter=inter, active=active, cls=cls,
+                               top=top.state_dict())
+            ctx.save_state(state)
+        iou = inter / (active + cls[None, :] - inter).clamp_min(1)
+        return self.summarise(ctx, layer, labels, iou, t, top)
+
+    def summarise(self, ctx, layer, labels, iou, thresholds, top):
+        candidates = [c for c, name in enumerate(labels) if name not in ("unlabelled", "unlabeled")]
+        units = []
+        interpretable: dict[str, int] = {}
+        for u in range(iou.shape[0]):
+            c = max(candidates, key=lambda k: float(iou[u, k]))
+            entry = {"unit": u, "label": labels[c], "iou": float(iou[u, c]), "threshold": float(thresholds[u, c]),
+                     "top_seeds": [int(s) for s in top.ids[u] if s >= 0],
+                     "iou_per_class": {labels[k]: float(iou[u, k]) for k in candidates}}
+            units.append(entry)
+            if entry["iou"] > self.iou_threshold:
+                interpretable[labels[c]] = interpretable.get(labels[c], 0) + 1
+        with ctx.path(f"dissect_{layer}.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["unit", "label", "iou", "threshold", "top_seeds"])
+            for e in units:
+                writer.writerow([e["unit"], e["label"], f"{e['iou']:.6f}", f"{e['threshold']:.6g}",
+                                 " ".join(map(str, e["top_seeds"]))])
+        return {"threshold_mode": self.mode, "units": units, "interpretable": interpretable,
+                "interpretable_total": sum(interpretable.values())}
+
+
+@hookimpl
+def gandid_register_analyses(register):
+    register("dissect", Dissect, description="GAN Dissection: per-unit IoU with each class, thresholds, top images")
+
+
