@@ -62,6 +62,7 @@ setup(
             "pggan = gandid_plugins.pggan",
             "stylegan2 = gandid_plugins.stylegan2",
             "dissect = gandid_plugins.dissect",
+            "ace = gandid_plugins.ace",
         ],
     },
 )

@@ -100,5 +100,6 @@ class GroundTruthSegmenter:
 
     def class_scores(self, images, c):
         r, g, b = (torch.sigmoid((images[:, i] - THRESHOLD) * 10) for i in range(3))
-        soft = {RED: r * (1 - g), GREEN: g * (1 - r), BLUE: b * (1 - r) * (1 - g), YELLOW: r * g}[c]
+        soft = {0: (1 - r) * (1 - g) * (1 - b), RED: r * (1 - g), GREEN: g * (1 - r), BLUE: b * (1 - r) * (1 - g),
+                YELLOW: r * g}[c]
         return soft.flatten(1).mean(1)

@@ -111,3 +111,64 @@ def test_dissect_statistics_merge_from_two_halves(tmp_path, gt_registry):
     for u in a:
         assert a[u]["iou_per_class"] == pytest.approx(b[u]["iou_per_class"], abs=1e-12)
         assert a[u]["top_seeds"] == b[u]["top_seeds"]
+
+
+@pytest.fixture(scope="module")
+def ace_result(tmp_path_factory, request):
+    import gandid_plugins.ace
+    import gandid_plugins.dissect
+
+    tmp = tmp_path_factory.mktemp("ace")
+    module = types.ModuleType("gt")
+    module.gandid_register_generators = hookimpl(lambda register: register("gt", GroundTruthGenerator))
+    module.gandid_register_segmenters = hookimpl(lambda register: register("gt", GroundTruthSegmenter))
+    reg = Registry(load_entry_points=False)
+    reg.add_plugin(module, "gt")
+    for mod in (gandid_plugins.ace, gandid_plugins.dissect):
+        reg.add_plugin(mod, mod.__name__)
+    extra = {}
+    for name in ("did", "entangle"):
+        try:
+            mod = __import__(f"gandid_plugins.{name}", fromlist=["x"])
+            reg.add_plugin(mod, name)
+            extra[name] = {}
+        except ImportError:
+            pass
+    cfg = gt_config(tmp, analysis=["ace", *extra], samples=32, analysis_options={
+        "ace": {"samples": 24, "top_k": 4, "alpha_steps": 40, "alpha_lr": 0.05, "alpha_samples": 12,
+                "context_locations": 64}, **{k: {} for k in extra}})
+    return run(cfg, registry=reg), tmp / "out"
+
+
+def test_ace_ranks_planted_units_first_with_the_right_sign(ace_result):
+    result, out = ace_result
+    assert result.status == "completed", result.errors
+    classes = result.results["ace"]["classes"]
+    assert set(classes) == {"red", "blue", "yellow"}  # green only exists after an ablation
+    red, yellow, blue = classes["red"], classes["yellow"], classes["blue"]
+    assert red["ranking"][0] == 0 and red["unit_ace"][0] > 0.2
+    assert yellow["ranking"][0] == 2 and yellow["unit_ace"][2] > 0.2
+    # blue is redundant: no single unit has a large effect, all eight have the same one
+    blue_ace = [blue["unit_ace"][u] for u in range(4, 12)]
+    assert max(abs(a) for a in blue_ace) < 0.05 and max(blue_ace) - min(blue_ace) < 1e-6
+    # the ablation curve removes the planted class at k = 1, and blue survives two ablations
+    assert red["topk_removed_fraction"][0] == 0 and red["topk_removed_fraction"][1] > 0.99
+    assert yellow["topk_removed_fraction"][1] > 0.99
+    assert blue["topk_removed_fraction"][2] < 0.01
+    assert (out / "ace_red.png").exists()
+
+
+def test_ace_alpha_optimisation_turns_on_the_planted_unit(ace_result):
+    result, _ = ace_result
+    opt = result.results["ace"]["classes"]["red"]["alpha_opt"]
+    assert 0 in opt["units_above_half"]
+    assert opt["alpha"][0] > 0.9
+    assert opt["final_delta"] > opt["delta_history"][0]
+
+
+def test_ace_context_gain_depends_on_the_location(ace_result):
+    result, _ = ace_result
+    ctx = result.results["ace"]["classes"]["yellow"]["context_gain"]
+    assert ctx, "no context measured"
+    assert all(v["count"] > 0 for v in ctx.values())
+    assert max(v["mean_gain"] for v in ctx.values()) > 0

@@ -1,0 +1,237 @@
+"""`ace`: the average causal effect of units on a class (Bau et al., "On the Units of GANs").
+
+delta_{u->c} = E_z[s_c(x inserted)] - E_z[s_c(x ablated)], s_c the fraction of class-c pixels, units
+inserted at k_u = the unit's mean activation where c is present (or a high quantile). Per class:
+the ranking, the ACE of the top-k set, the ablation curve (fraction of the class removed when the
+top-k units are ablated everywhere, Figure 6), insertion by context (top units inserted at one
+feature-map pixel, gain by the class found there, Figure 8), and GAN Dissection's continuous alpha
+optimisation through the segmenter's class scores and the fused op's backward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gandid import hookimpl
+from gandid.intervene import Intervention, _site_after, per_unit, run_with_betas
+from gandid.model import features_at
+from gandid.ops import intervene_pixelnorm
+from gandid.stats import Histogram
+
+
+NOT_OBJECTS = ("unlabelled", "unlabeled", "background")  # never chosen as ACE classes by default
+
+
+def class_fractions(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(B, H, W) labels -> (B, C) fraction of each class's pixels."""
+    return F.one_hot(labels.reshape(len(labels), -1).long(), classes).float().mean(1)
+
+
+class ACE:
+    """Options: classes (names; default every class covering at least min_area of the images),
+    samples (latents per estimate), top_k, value ('mean' or 'quantile'), value_quantile,
+    context_locations, alpha_steps, alpha_lr, alpha_lambda, stat_samples."""
+
+    requires = ()
+
+    def __init__(self, classes=None, samples: int = 16, top_k: int = 20, min_area: float = 0.01,
+                 value: str = "mean", value_quantile: float = 0.99, context_locations: int = 16,
+                 alpha_steps: int = 30, alpha_lr: float = 0.01, alpha_lambda: float = 0.005, alpha_samples: int = 8,
+                 stat_samples: int | None = None):
+        if value not in ("mean", "quantile"):
+            raise ValueError(f"ace: value must be 'mean' or 'quantile', got {value!r}")
+        self.classes, self.samples, self.top_k, self.min_area = classes, samples, top_k, min_area
+        self.value, self.value_quantile = value, value_quantile
+        self.context_locations, self.alpha_steps, self.alpha_lr = context_locations, alpha_steps, alpha_lr
+        self.alpha_lambda, self.alpha_samples, self.stat_samples = alpha_lambda, alpha_samples, stat_samples
+
+    # -- statistics: class areas and per-unit activation where each class is present ---------------
+    def class_statistics(self, ctx, layer, classes):
+        area = torch.zeros(classes, dtype=torch.float64)
+        act_sum = count = hist = None
+        n = 0
+        for batch in ctx.batches(samples=self.stat_samples, layers=[layer], description=f"ace {layer}: statistics"):
+            feats = batch.features[layer].double()
+            b, units, h, w = feats.shape
+            onehot = F.one_hot(batch.labels.long(), classes).permute(0, 3, 1, 2).double()
+            area += onehot.mean((2, 3)).sum(0)
+            present = (F.adaptive_avg_pool2d(onehot, (h, w)) > 0.5).double()  # (B, C, h, w)
+            if act_sum is None:
+                act_sum = torch.zeros(units, classes, dtype=torch.float64)
+                count = torch.zeros(classes, dtype=torch.float64)
+            act_sum += torch.einsum("buhw,bchw->uc", feats, present)
+            count += present.sum((0, 2, 3))
+            if self.value == "quantile":
+                flat = feats.permute(1, 0, 2, 3).reshape(units, -1)
+                if hist is None:
+                    lo, hi = flat.min(1).values, flat.max(1).values
+                    span = (hi - lo).clamp_min(1e-6)
+                    hist = [Histogram(lo - 0.5 * span, hi + 0.5 * span, 256) for _ in range(classes)]
+                mask = present.permute(1, 0, 2, 3).reshape(classes, -1) > 0
+                for c in range(classes):
+                    if mask[c].any():
+                        hist[c].update(flat[:, mask[c]])
+            n += b
+        if self.value == "quantile":
+            values = torch.stack([h.quantile(self.value_quantile) for h in hist], 1)
+        else:
+            values = act_sum / count.clamp_min(1)[None]
+        return area / max(n, 1), values.float(), count
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, ctx):
+        gen, seg = ctx.generator, ctx.segmenter
+        labels = list(seg.labels)
+        layer = ctx.layers[0]
+        state = ctx.load_state() or {}
+        if "area" not in state:
+            area, values, count = self.class_statistics(ctx, layer, len(labels))
+            state.update(area=area, values=values, count=count)
+            ctx.save_state(state)
+        area, values, count = state["area"], state["values"], state["count"]
+        if self.classes is not None:
+            unknown = [c for c in self.classes if c not in labels]
+            if unknown:
+                from gandid.errors import UnknownNameError
+
+                raise UnknownNameError("class", unknown[0], labels)
+            chosen = [labels.index(c) for c in self.classes]
+        else:
+            chosen = [c for c in range(len(labels)) if area[c] >= self.min_area and count[c] > 0
+                      and labels[c] not in NOT_OBJECTS]
+        z = gen.sample_z(self.samples, ctx.config.seed).to(ctx.device)
+        with torch.no_grad():
+            base = class_fractions(seg.segment(gen.forward(z)), len(labels))  # (N, C)
+        if "ablated" not in state:
+            state["ablated"] = self.per_unit_fractions(ctx, z, layer, None, len(labels), "ablate")
+            ctx.save_state(state)
+        result = {"layer": layer, "samples": self.samples, "class_area": {labels[c]: float(area[c])
+                                                                         for c in range(len(labels))},
+                  "classes": {}}
+        for c in chosen:
+            key = f"inserted_{c}"
+            if key not in state:
+                state[key] = self.per_unit_fractions(ctx, z, layer, values[:, c], len(labels), f"insert {labels[c]}")
+                ctx.save_state(state)
+            ace = (state[key][:, c] - state["ablated"][:, c]).float()
+            ranking = torch.argsort(ace, descending=True).tolist()
+            entry = {"unit_ace": ace.tolist(), "ranking": ranking, "insert_value": values[:, c].tolist()}
+            entry.update(self.top_k_curves(gen, seg, z, layer, ranking, values[:, c], c, base, len(labels)))
+            entry["context_gain"] = self.context_gain(gen, seg, z, layer, ranking[: self.top_k], values[:, c], c,
+                                                      labels)
+            entry["alpha_opt"] = self.optimise_alpha(gen, seg, z[: self.alpha_samples], layer, values[:, c], c)
+            result["classes"][labels[c]] = entry
+        self.plot(ctx, result)
+        return result
+
+    def per_unit_fractions(self, ctx, z, layer, value, classes, what):
+        """(U, C) mean class fractions with each single unit ablated (value None) or inserted at value."""
+        units = next(l.channels for l in ctx.generator.layers if l.name == layer)
+        out = torch.zeros(units, classes, dtype=torch.float64)
+        chunks = per_unit(ctx.generator, z, layer, value=value)
+        for chunk, images in ctx.track(chunks, total=None, description=f"ace {layer}: {what} per unit"):
+            for i, u in enumerate(chunk):
+                out[u] = class_fractions(ctx.segmenter.segment(images[i]), classes).mean(0).double()
+        return out
+
+    def top_k_curves(self, gen, seg, z, layer, ranking, value, c, base, classes):
+        base_area = float(base[:, c].mean())
+        removed, topk_ace = [0.0], []
+        with torch.no_grad():
+            for k in range(1, min(self.top_k, len(ranking)) + 1):
+                units = ranking[:k]
+                abl, _ = run_with_betas(gen, z, Intervention(layer, units))
+                ins, _ = run_with_betas(gen, z, Intervention(layer, units, value=value[units]))
+                a = class_fractions(seg.segment(abl), classes)[:, c].mean()
+                i = class_fractions(seg.segment(ins), classes)[:, c].mean()
+                removed.append(float(1 - a / base_area) if base_area > 0 else 0.0)
+                topk_ace.append(float(i - a))
+        return {"topk_removed_fraction": removed, "topk_ace": topk_ace, "base_area": base_area}
+
+    def context_gain(self, gen, seg, z, layer, units, value, c, labels):
+        """Insert the top units at one feature-map pixel; mean gain of class c by the class found there."""
+        info = next(l for l in gen.layers if l.name == layer)
+        h, w = info.size
+        g = torch.Generator().manual_seed(0)
+        locations = torch.randperm(h * w, generator=g)[: self.context_locations]
+        n = len(z)
+        with torch.no_grad():
+            orig = seg.segment(gen.forward(z))
+            region = torch.zeros(len(locations) * n, h, w)
+            for i, p in enumerate(locations.tolist()):
+                region[i * n:(i + 1) * n, p // w, p % w] = 1
+            zz = z.repeat(len(locations), 1)
+            ins, _ = run_with_betas(gen, zz, Intervention(layer, units, region=region, value=value[units]))
+            gain = class_fractions(seg.segment(ins), len(labels))[:, c] - class_fractions(
+                orig.repeat(len(locations), 1, 1), len(labels))[:, c]
+            big_h, big_w = orig.shape[-2:]
+            context = []
+            for i, p in enumerate(locations.tolist()):
+                y, x = (p // w) * big_h // h, (p % w) * big_w // w
+                patch = orig[:, y:y + max(1, big_h // h), x:x + max(1, big_w // w)].reshape(n, -1)
+                context.append(patch.mode(1).values)
+            context = torch.cat(context)
+        out = {}
+        for k in context.unique().tolist():
+            sel = context == k
+            out[labels[k]] = {"mean_gain": float(gain[sel].mean()), "count": int(sel.sum())}
+        return out
+
+    def optimise_alpha(self, gen, seg, z, layer, value, c):
+        """Minimise -delta_alpha + lambda ||alpha||^2 with Adam, alpha clamped to [0, 1]."""
+        info = next(l for l in gen.layers if l.name == layer)
+        alpha = torch.full((info.channels,), 0.5, requires_grad=True)
+        opt = torch.optim.Adam([alpha], lr=self.alpha_lr)
+        site = _site_after(gen, layer)
+        with torch.no_grad():
+            feats = features_at(gen, z, layer)
+        history = []
+
+        def generate(val):
+            if site is None:  # no pixel norm reads the layer: intervene in plain PyTorch
+                from gandid.ops.reference import intervene
+
+                return gen.forward_from(layer, intervene(feats, alpha, None, val), z)
+            module = gen.norm_module(site)
+            module.override = lambda x: intervene_pixelnorm(x, alpha=alpha, value=val)[0]
+            try:
+                return gen.forward_from(layer, feats, z)
+            finally:
+                module.override = None
+
+        for _ in range(self.alpha_steps):
+            delta = seg.class_scores(generate(value), c).mean() - seg.class_scores(generate(None), c).mean()
+            loss = -delta + self.alpha_lambda * alpha.pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                alpha.clamp_(0, 1)
+            history.append(float(delta))
+        a = alpha.detach()
+        return {"alpha": a.tolist(), "delta_history": history, "final_delta": history[-1] if history else 0.0,
+                "units_above_half": torch.nonzero(a > 0.5).flatten().tolist(), "steps": self.alpha_steps,
+                "lr": self.alpha_lr, "lambda": self.alpha_lambda}
+
+    def plot(self, ctx, result):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        for name, entry in result["classes"].items():
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+            ace = sorted(entry["unit_ace"], reverse=True)
+            ax1.bar(range(len(ace)), ace, width=1.0, color="#4c72b0")
+            ax1.set(title=f"ACE of each unit on {name} (sorted)", xlabel="unit rank", ylabel="ACE")
+            ax2.plot(range(len(entry["topk_removed_fraction"])), entry["topk_removed_fraction"], "o-", color="#c44e52")
+            ax2.set(title=f"ablating the top-k units: {name} removed", xlabel="k", ylabel="fraction removed",
+                    ylim=(min(-0.05, min(entry["topk_removed_fraction"])), 1.05))
+            fig.tight_layout()
+            fig.savefig(ctx.path(f"ace_{name}.png"), dpi=100)
+            plt.close(fig)
+
+
+@hookimpl
+def gandid_register_analyses(register):
+    register("ace", ACE, description="average causal effect of units on classes: ranking, top-k curves, context, alpha")
