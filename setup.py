@@ -63,6 +63,7 @@ setup(
             "stylegan2 = gandid_plugins.stylegan2",
             "dissect = gandid_plugins.dissect",
             "ace = gandid_plugins.ace",
+            "did = gandid_plugins.did",
         ],
     },
 )

@@ -136,7 +136,7 @@ def ace_result(tmp_path_factory, request):
             pass
     cfg = gt_config(tmp, analysis=["ace", *extra], samples=32, analysis_options={
         "ace": {"samples": 24, "top_k": 4, "alpha_steps": 40, "alpha_lr": 0.05, "alpha_samples": 12,
-                "context_locations": 64}, **{k: {} for k in extra}})
+                "context_locations": 64}, **{k: ({"top_k": 1} if k == "did" else {}) for k in extra}})
     return run(cfg, registry=reg), tmp / "out"
 
 
@@ -172,3 +172,18 @@ def test_ace_context_gain_depends_on_the_location(ace_result):
     assert ctx, "no context measured"
     assert all(v["count"] > 0 for v in ctx.values())
     assert max(v["mean_gain"] for v in ctx.values()) > 0
+
+
+def test_did_detects_pixel_norm_inpainting_with_the_predicted_sign(ace_result):
+    """Ablating red's top unit: pixel norm lifts the green underpaint where red was (positive area DID
+    for green); in the fixed-β arm nothing is in-painted. Yellow's ablation in-paints nothing."""
+    result, out = ace_result
+    assert "did" in result.results, result.errors
+    did = result.results["did"]["classes"]
+    red = did["red"]["area_did"]
+    assert red["green"]["mean"] > 0.05 and red["green"]["ci95"][0] > 0  # in-painted, interval above 0
+    arm = did["red"]["arm_mean_area"]
+    assert arm["Y(β',u')"]["green"] > 0.05 and arm["Y(β,u')"]["green"] == 0  # only with the ablated run's β
+    assert abs(did["yellow"]["area_did"]["green"]["mean"]) < 1e-9
+    assert did["red"]["pixel_did_mean_abs"] > 0
+    assert (out / "did_red.png").exists() and (out / "did_red_map.png").exists()
