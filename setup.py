@@ -64,6 +64,7 @@ setup(
             "dissect = gandid_plugins.dissect",
             "ace = gandid_plugins.ace",
             "did = gandid_plugins.did",
+            "entangle = gandid_plugins.entangle",
         ],
     },
 )

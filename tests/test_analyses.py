@@ -187,3 +187,13 @@ def test_did_detects_pixel_norm_inpainting_with_the_predicted_sign(ace_result):
     assert abs(did["yellow"]["area_did"]["green"]["mean"]) < 1e-9
     assert did["red"]["pixel_did_mean_abs"] > 0
     assert (out / "did_red.png").exists() and (out / "did_red_map.png").exists()
+
+
+def test_entangle_calls_the_planted_classes(ace_result):
+    result, out = ace_result
+    calls = {name: e["call"] for name, e in result.results["entangle"]["classes"].items()}
+    assert calls == {"red": "type2_misablation", "blue": "type1_deactivating", "yellow": "disentangled"}
+    red = result.results["entangle"]["classes"]["red"]
+    assert "green" in red["emerging"] and "green gains" in red["why"]
+    assert result.results["entangle"]["classes"]["blue"]["remaining_fraction"] > 0.99
+    assert (out / "entangle.png").exists()

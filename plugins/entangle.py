@@ -1,0 +1,127 @@
+"""`entangle`: the DID paper's taxonomy of entanglement under ablation, automated (its sec. 4.2, 5.2).
+
+For each class c, from the ACE and DID results:
+- the distribution of per-unit ACE: share of the total positive ACE held by the top 20 units and
+  its normalised entropy (1 = flat);
+- the ranking of classes by the summed ACE of c's ablated units (top class vs second, the ratio:
+  overwhelming or marginal);
+- after ablating c's top-k units (the DID's natural ablated arm): the fraction of c that remains and
+  the classes that emerge (area gained relative to c's original area; background classes excluded).
+Calls: ``type1_deactivating`` when c survives the ablation (its effect is spread over many units),
+``type2_misablation`` when c is removed but other classes emerge in its place, ``disentangled``
+when c is removed and nothing emerges. Thresholds are options; the evidence goes with every call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gandid import hookimpl
+
+BACKGROUND = ("unlabelled", "unlabeled", "background")
+
+
+class Entangle:
+    """Options: survive_threshold (remaining fraction above which c survives, default 0.5),
+    emerge_threshold (gain of another class, relative to c's area, default 0.2), overwhelming_ratio
+    (top/second summed ACE, default 2), top_share_units (20), background (classes whose gain is not
+    emergence; default unlabelled/background)."""
+
+    requires = ("ace", "did")
+
+    def __init__(self, survive_threshold: float = 0.5, emerge_threshold: float = 0.2,
+                 overwhelming_ratio: float = 2.0, top_share_units: int = 20, background=None):
+        self.survive_threshold, self.emerge_threshold = survive_threshold, emerge_threshold
+        self.overwhelming_ratio, self.top_share_units = overwhelming_ratio, top_share_units
+        self.background = tuple(background) if background is not None else BACKGROUND
+
+    def run(self, ctx):
+        ace, did = ctx.results["ace"], ctx.results["did"]
+        result = {"thresholds": {"survive_threshold": self.survive_threshold,
+                                 "emerge_threshold": self.emerge_threshold,
+                                 "overwhelming_ratio": self.overwhelming_ratio,
+                                 "top_share_units": self.top_share_units, "background": list(self.background)},
+                  "classes": {}}
+        for name, d in did["classes"].items():
+            result["classes"][name] = self.classify(name, ace, d)
+        self.plot(ctx, ace, result)
+        return result
+
+    def distribution(self, unit_ace):
+        pos = torch.tensor([a for a in unit_ace if a > 0], dtype=torch.float64).sort(descending=True).values
+        total = float(pos.sum())
+        if total <= 0:
+            return {"top_share": 0.0, "flatness": 1.0, "positive_units": 0}
+        share = float(pos[: self.top_share_units].sum()) / total
+        p = pos / total
+        entropy = float(-(p * p.log()).sum())
+        flatness = entropy / math.log(len(pos)) if len(pos) > 1 else 0.0
+        return {"top_share": share, "flatness": flatness, "positive_units": len(pos)}
+
+    def classify(self, name, ace, d):
+        units = d["units"]
+        summed = {other: sum(e["unit_ace"][u] for u in units) for other, e in ace["classes"].items()}
+        ranked = sorted(summed.items(), key=lambda kv: -kv[1])
+        top, second = ranked[0], ranked[1] if len(ranked) > 1 else (None, 0.0)
+        ratio = top[1] / second[1] if second[1] > 0 else math.inf
+        before, after = d["arm_mean_area"]["Y(β,u)"], d["arm_mean_area"]["Y(β',u')"]
+        base = before[name]
+        remaining = after[name] / base if base > 0 else 0.0
+        emerged = {other: (after[other] - before[other]) / base for other in before
+                   if other != name and other not in self.background and base > 0}
+        emerging = sorted(((k, v) for k, v in emerged.items() if v >= self.emerge_threshold), key=lambda kv: -kv[1])
+        dist = self.distribution(ace["classes"][name]["unit_ace"])
+        if remaining > self.survive_threshold:
+            call = "type1_deactivating"
+            why = (f"{remaining:.0%} of {name} remains after ablating its top {len(units)} units; "
+                   f"the top {self.top_share_units} units hold {dist['top_share']:.0%} of its positive ACE "
+                   f"(flatness {dist['flatness']:.2f})")
+        elif emerging:
+            call = "type2_misablation"
+            why = (f"{name} is removed ({remaining:.0%} remains) but "
+                   + ", ".join(f"{k} gains {v:.0%} of its area" for k, v in emerging))
+        else:
+            call = "disentangled"
+            why = f"{name} is removed ({remaining:.0%} remains) and no other class gains {self.emerge_threshold:.0%}"
+        return {"call": call, "why": why, "remaining_fraction": remaining, "emerging": dict(emerging),
+                "area_gain": emerged, "ace_distribution": dist,
+                "summed_ace_ranking": [{"class": k, "summed_ace": v} for k, v in ranked],
+                "top_vs_second": {"top": top[0], "second": second[0], "ratio": ratio,
+                                  "overwhelming": ratio >= self.overwhelming_ratio},
+                "units_ablated": len(units)}
+
+    def plot(self, ctx, ace, result):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = list(result["classes"])
+        if not names:
+            return
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+        for name in names:  # Figure 5: how concentrated each class's ACE is
+            pos = sorted((a for a in ace["classes"][name]["unit_ace"] if a > 0), reverse=True)
+            total = sum(pos) or 1.0
+            ax1.plot(range(1, len(pos) + 1), [sum(pos[:k]) / total for k in range(1, len(pos) + 1)],
+                     label=f"{name} ({result['classes'][name]['call']})")
+        ax1.set(title="cumulative share of positive ACE", xlabel="top-k units", ylabel="share", xscale="log")
+        ax1.legend(fontsize=7)
+        width = 0.8 / max(1, len(names))  # Figure 6: what replaces the ablated class
+        others = sorted({k for n in names for k in result["classes"][n]["area_gain"]})
+        for i, name in enumerate(names):
+            gains = [result["classes"][name]["area_gain"].get(k, 0.0) for k in others]
+            ax2.bar([x + i * width for x in range(len(others))], gains, width=width, label=name)
+        ax2.set_xticks([x + 0.4 - width / 2 for x in range(len(others))], others, rotation=45, fontsize=7)
+        ax2.axhline(0, color="black", lw=0.5)
+        ax2.set(title="area gained after ablation (relative to the class)", ylabel="gain")
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(ctx.path("entangle.png"), dpi=100)
+        plt.close(fig)
+
+
+@hookimpl
+def gandid_register_analyses(register):
+    register("entangle", Entangle, description="entanglement taxonomy: disentangled / type 1 / type 2, with evidence")
