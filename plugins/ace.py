@@ -207,7 +207,7 @@ class ACE:
             opt.step()
             with torch.no_grad():
                 alpha.clamp_(0, 1)
-            history.append(float(delta))
+            history.append(float(delta.detach()))
         a = alpha.detach()
         return {"alpha": a.tolist(), "delta_history": history, "final_delta": history[-1] if history else 0.0,
                 "units_above_half": torch.nonzero(a > 0.5).flatten().tolist(), "steps": self.alpha_steps,

@@ -104,7 +104,7 @@ class Entangle:
         for name in names:  # Figure 5: how concentrated each class's ACE is
             pos = sorted((a for a in ace["classes"][name]["unit_ace"] if a > 0), reverse=True)
             total = sum(pos) or 1.0
-            ax1.plot(range(1, len(pos) + 1), [sum(pos[:k]) / total for k in range(1, len(pos) + 1)],
+            ax1.plot(range(1, len(pos) + 1), [sum(pos[:k]) / total for k in range(1, len(pos) + 1)], "o-", ms=3,
                      label=f"{name} ({result['classes'][name]['call']})")
         ax1.set(title="cumulative share of positive ACE", xlabel="top-k units", ylabel="share", xscale="log")
         ax1.legend(fontsize=7)

@@ -4,7 +4,8 @@ Layer ``feat`` (13 units, 8x8) is computed directly from z; the pixel norm ``pai
 and ``paint`` turns the normalised units into a 16x16 image:
 - unit 0 paints red in the top-left square; unit 3 lays a faint (0.3) green under it;
 - unit 2 paints yellow (red + green channels) in the bottom-left square, with nothing beneath;
-- units 4..11 each paint blue (amplitude 1) in the top-right square: the class is redundant;
+- units 4..11 each paint blue (amplitude 1) in the top-right square: the class is redundant (any one
+  inserted alone paints some blue, ablating one or two leaves it);
 - unit 12 is a constant background (1.0 everywhere), so β never collapses to eps.
 Objects are present when z[0] (red), z[1] (blue), z[2] (yellow) > 0.
 
@@ -46,7 +47,7 @@ class Paint(nn.Module):
     def forward(self, x):
         red = x[:, 0] + x[:, 2]
         green = x[:, 3] + x[:, 2]
-        blue = x[:, 4:12].sum(1) / 8
+        blue = x[:, 4:12].sum(1) / 4
         img = torch.stack([red, green, blue], 1)
         return nn.functional.interpolate(img, scale_factor=2, mode="nearest")
 
