@@ -62,6 +62,9 @@ class Generator(Protocol):
 
 @runtime_checkable
 class Segmenter(Protocol):
+    """``labels``: class names (index 0 may be "unlabelled"). Optional ``categories``: {label: category}
+    (object, part, material, ...), used to group dissection counts; unlisted labels count as objects."""
+
     labels: Sequence[str]
 
     def segment(self, images: torch.Tensor) -> torch.Tensor:

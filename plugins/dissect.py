@@ -167,8 +167,13 @@ class Dissect:
             for e in units:
                 writer.writerow([e["unit"], e["label"], f"{e['iou']:.6f}", f"{e['threshold']:.6g}",
                                  " ".join(map(str, e["top_seeds"]))])
+        # a segmenter may say which category each label belongs to (object, part, material, ...)
+        categories = getattr(ctx.segmenter, "categories", None) or {}
+        by_category: dict[str, int] = {}
+        for label, count in interpretable.items():
+            by_category[categories.get(label, "object")] = by_category.get(categories.get(label, "object"), 0) + count
         return {"threshold_mode": self.mode, "units": units, "interpretable": interpretable,
-                "interpretable_total": sum(interpretable.values())}
+                "interpretable_by_category": by_category, "interpretable_total": sum(interpretable.values())}
 
 
 @hookimpl

@@ -74,7 +74,7 @@ def test_dissect_finds_the_planted_units(tmp_path, gt_registry, mode, options):
     for u in range(4, 12):
         assert units[u]["label"] == "blue" and units[u]["iou"] > 0.6
     assert units[12]["iou"] < 0.7  # the constant background unit is not an object detector
-    assert layer["interpretable"]["blue"] == 8
+    assert layer["interpretable"]["blue"] == 8 and layer["interpretable_by_category"]["object"] >= 10
     # IoU by brute force on the same samples with the same thresholds
     thresholds = [[units[u]["threshold"]] * len(LABELS) for u in range(13)]
     if mode == "iqr":  # per-class thresholds: recompute each unit's best class at its own threshold
