@@ -37,7 +37,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["gandid", "gandid.ops", "gandid.report", "gandid_plugins"],
+    packages=["gandid", "gandid.ops", "gandid.report", "gandid_plugins", "gandid_plugins.toyroom"],
     package_dir={"gandid_plugins": "plugins"},
     package_data={"gandid_plugins": ["**/*.json", "**/*.md", "**/*.safetensors"]},
     cmdclass={"build_py": BuildPyWithCsrc},
@@ -65,6 +65,7 @@ setup(
             "ace = gandid_plugins.ace",
             "did = gandid_plugins.did",
             "entangle = gandid_plugins.entangle",
+            "toyroom = gandid_plugins.toyroom",
         ],
     },
 )

@@ -1,0 +1,74 @@
+"""The toyroom segmenter: a small U-Net trained on toyroom renders (see train.py and MODEL_CARD.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .world import LABELS
+
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "segmenter.safetensors"
+
+
+def block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """Images (N, 3, H, W) in [-1, 1] -> class logits (N, classes, H, W); H, W divisible by 4."""
+
+    def __init__(self, classes: int = len(LABELS), width: int = 32):
+        super().__init__()
+        self.enc1, self.enc2, self.mid = block(3, width), block(width, 2 * width), block(2 * width, 4 * width)
+        self.up2 = nn.ConvTranspose2d(4 * width, 2 * width, 2, stride=2)
+        self.dec2 = block(4 * width, 2 * width)
+        self.up1 = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        self.dec1 = block(2 * width, width)
+        self.head = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        m = self.mid(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
+
+
+class ToyroomSegmenter:
+    """gandid Segmenter: ``segment`` gives argmax labels, ``class_scores`` the mean softmax probability."""
+
+    labels = LABELS
+    categories = {name: "object" for name in LABELS}
+
+    def __init__(self, weights: str | None = None, device: str = "cpu"):
+        from gandid.checkpoints import check_state_dict, load_state_dict_file
+        from gandid.errors import CheckpointError
+
+        path = Path(weights) if weights else WEIGHTS
+        if not path.exists():
+            raise CheckpointError(f"toyroom segmenter weights not found at {path}; train them with "
+                                  "`python -m gandid_plugins.toyroom.train segmenter`")
+        self.net = UNet()
+        state = {k: v.float() for k, v in load_state_dict_file(path).items()}
+        check_state_dict(state, {k: tuple(v.shape) for k, v in self.net.state_dict().items()},
+                         f"toyroom segmenter ({path})")
+        self.net.load_state_dict(state)
+        self.net.eval().to(device)
+
+    def to(self, device):
+        self.net.to(device)
+        return self
+
+    def logits(self, images):
+        return self.net(images.float())
+
+    def segment(self, images):
+        with torch.no_grad():
+            return self.logits(images).argmax(1)
+
+    def class_scores(self, images, c):
+        return self.logits(images).softmax(1)[:, c].flatten(1).mean(1)

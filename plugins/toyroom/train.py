@@ -1,0 +1,103 @@
+"""Recipes that train the shipped toyroom models: ``python -m gandid_plugins.toyroom.train segmenter``.
+
+Data: fresh renders every step (train seeds from 0 upward; held-out evaluation seeds from 10,000,000).
+Progress goes to a log, checkpoints to --out, and the final weights (float16 safetensors) next to
+this file unless --out says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .segmenter import WEIGHTS, UNet
+from .world import LABELS, render_batch
+
+EVAL_SEED = 10_000_000
+
+
+def miou(net, renders: int = 1000, batch: int = 100):
+    """Per-class IoU and mean IoU on held-out renders."""
+    inter = np.zeros(len(LABELS))
+    union = np.zeros(len(LABELS))
+    net.eval()
+    with torch.no_grad():
+        for lo in range(0, renders, batch):
+            images, labels = render_batch(range(EVAL_SEED + lo, EVAL_SEED + lo + batch))
+            pred = net(torch.from_numpy(images)).argmax(1).numpy()
+            for c in range(len(LABELS)):
+                p, t = pred == c, labels == c
+                inter[c] += (p & t).sum()
+                union[c] += (p | t).sum()
+    iou = inter / np.maximum(union, 1)
+    return {LABELS[c]: float(iou[c]) for c in range(len(LABELS))}, float(iou.mean())
+
+
+def train_segmenter(args):
+    torch.manual_seed(args.seed)
+    net = UNet()
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps)
+    # frequency-balanced weights, so small objects (lamps, paintings) are not drowned by the walls
+    _, labels = render_batch(range(EVAL_SEED - 2000, EVAL_SEED - 1000))
+    freq = np.bincount(labels.ravel(), minlength=len(LABELS)) / labels.size
+    weight = torch.tensor((1 / np.maximum(freq, 1e-4)) ** 0.5, dtype=torch.float32)
+    weight = weight / weight.mean()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "segmenter_log.jsonl").open("a")
+    start = time.time()
+    for step in range(args.steps):
+        net.train()
+        seeds = range(step * args.batch, (step + 1) * args.batch)
+        images, labels = render_batch(seeds)
+        loss = F.cross_entropy(net(torch.from_numpy(images)), torch.from_numpy(labels), weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == args.steps - 1:
+            log.write(json.dumps({"step": step, "loss": float(loss.detach()), "seconds": time.time() - start}) + "\n")
+            log.flush()
+        if step % 500 == 499:
+            torch.save(net.state_dict(), out / "segmenter_checkpoint.pt")
+    per_class, mean = miou(net)
+    from safetensors.torch import save_file
+
+    target = Path(args.weights) if args.weights else WEIGHTS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(target))
+    summary = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+               "wall_seconds": time.time() - start, "mean_iou": mean, "iou": per_class, "weights": str(target)}
+    # the float16 weights as shipped are what counts: evaluate them too
+    from .segmenter import ToyroomSegmenter
+
+    shipped = ToyroomSegmenter(weights=str(target))
+    summary["iou_shipped"], summary["mean_iou_shipped"] = miou(shipped.net)
+    (out / "segmenter_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m gandid_plugins.toyroom.train")
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("segmenter", help="train the U-Net segmenter on renders")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/toyroom-train")
+    p.add_argument("--weights", help="where to write the float16 weights (default: inside the package)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.what == "segmenter":
+        train_segmenter(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+import torch
+
+from gandid_plugins.toyroom.segmenter import WEIGHTS, ToyroomSegmenter
+from gandid_plugins.toyroom.world import LABELS, render, render_batch
+
+
+def test_renders_are_deterministic_and_labelled_exactly():
+    a_img, a_lab = render(123)
+    b_img, b_lab = render(123)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
+    assert a_img.shape == (3, 64, 64) and a_img.dtype == np.float32 and -1 <= a_img.min() <= a_img.max() <= 1
+    assert not np.array_equal(render(124)[0], a_img)
+    big_img, big_lab = render(5, size=128)
+    assert big_img.shape == (3, 128, 128) and big_lab.shape == (128, 128)
+
+
+def test_the_world_has_every_class_and_realistic_layout():
+    _, labels = render_batch(range(300))
+    freq = np.bincount(labels.ravel(), minlength=len(LABELS)) / labels.size
+    assert (freq > 0.002).all(), dict(zip(LABELS, freq))
+    rows = np.arange(64)[None, :, None]
+    mean_row = {name: (rows * (labels == i)).sum() / max(1, (labels == i).sum()) for i, name in enumerate(LABELS)}
+    assert mean_row["lamp"] < mean_row["window"] < mean_row["table"] and mean_row["lamp"] < 16  # lamps hang high
+    assert mean_row["ceiling"] < mean_row["wall"] < mean_row["floor"]
+    per_image_chairs = [(lab == LABELS.index("chair")).any() for lab in labels]
+    assert np.mean(per_image_chairs) > 0.95  # chairs in almost every room, around the table
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="the toyroom segmenter has not been trained yet")
+def test_shipped_segmenter_is_accurate_on_held_out_renders():
+    seg = ToyroomSegmenter()
+    images, labels = render_batch(range(10_000_000, 10_000_200))
+    pred = seg.segment(torch.from_numpy(images)).numpy()
+    ious = []
+    for c in range(len(LABELS)):
+        p, t = pred == c, labels == c
+        ious.append((p & t).sum() / max(1, (p | t).sum()))
+    assert np.mean(ious) >= 0.85, dict(zip(LABELS, np.round(ious, 3)))
+    scores = seg.class_scores(torch.from_numpy(images[:4]).requires_grad_(), LABELS.index("table"))
+    scores.sum().backward()  # differentiable, for ACE's alpha optimisation
