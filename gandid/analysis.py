@@ -33,7 +33,7 @@ class Batch:
 
     start: int
     z: torch.Tensor  # (B, z_dim)
-    images: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    images: torch.Tensor | None  # (B, 3, H, W) in [-1, 1]
     features: dict[str, torch.Tensor]  # layer -> (B, C, h, w)
     labels: torch.Tensor | None  # (B, H, W) int segmentation of images, if asked for
 
@@ -61,8 +61,11 @@ class RunContext:
     # -- streaming ------------------------------------------------------------------------
     @torch.no_grad()
     def batches(self, samples: int | None = None, seed: int | None = None, layers=None, segment: bool = True,
-                start: int = 0, description: str | None = None) -> Iterator[Batch]:
-        """Stream generated samples [start, samples) with features at ``layers`` (default: the run's)."""
+                start: int = 0, description: str | None = None, generate: bool = True) -> Iterator[Batch]:
+        """Stream generated samples [start, samples) with features at ``layers`` (default: the run's).
+
+        ``generate=False`` yields only the latents (images, features and labels left empty), for
+        analyses that run their own forward passes on them."""
         samples = self.config.samples if samples is None else samples
         seed = self.config.seed if seed is None else seed
         layers = self.layers if layers is None else list(layers)
@@ -75,6 +78,10 @@ class RunContext:
                     continue
                 lo = max(lo, start)
                 z = self.generator.sample_z(hi - lo, seed, start=lo).to(self.device)
+                if not generate:
+                    yield Batch(lo, z, None, {}, None)
+                    self.progress.advance(task, hi - lo)
+                    continue
                 with Trace(self.generator, layers) as trace:
                     images = self.generator.forward(z)
                 features = dict(trace.outputs)

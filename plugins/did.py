@@ -57,7 +57,7 @@ class DID:
                                                                                            dtype=torch.float64),
                                          "dy_sum": None, "dy_abs_sum": None})
             iv = Intervention(layer, units)
-            for batch in ctx.batches(samples=self.samples, layers=[], segment=False, start=st["done"],
+            for batch in ctx.batches(samples=self.samples, start=st["done"], generate=False,
                                      description=f"did {name}"):
                 arms = counterfactuals(gen, batch.z, iv, control, pool=pool)
                 a = [areas(seg, getattr(arms, arm), len(labels)) for arm in ARMS]  # 4 x (B, C)
