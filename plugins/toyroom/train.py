@@ -16,6 +16,8 @@ import torch
 from torch.nn import functional as F
 
 from .segmenter import WEIGHTS, UNet
+
+GENERATOR_WEIGHTS = WEIGHTS.parent / "generator.safetensors"
 from .world import LABELS, render_batch
 
 EVAL_SEED = 10_000_000
@@ -83,6 +85,60 @@ def train_segmenter(args):
     print(json.dumps(summary, indent=2))
 
 
+def train_generator(args):
+    """Time-boxed GAN training with checkpoints (resumable), a log and sample grids."""
+    from safetensors.torch import save_file
+
+    from .gan import Trainer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(seed=args.seed, lr=args.lr, batch=args.batch)
+    ckpt = out / "generator_checkpoint.pt"
+    if ckpt.exists():  # resume
+        trainer.load_state_dict(torch.load(ckpt, weights_only=True))
+    log = (out / "generator_log.jsonl").open("a")
+    start, last_ckpt = time.time(), time.time()
+    while time.time() - start < args.minutes * 60 and trainer.step < args.steps:
+        seeds = range(trainer.step * args.batch, (trainer.step + 1) * args.batch)
+        images, _ = render_batch(seeds)
+        stats = trainer.train_step(torch.from_numpy(images))
+        if trainer.step % 25 == 0:
+            stats["seconds"] = time.time() - start
+            log.write(json.dumps(stats) + "\n")
+            log.flush()
+        if time.time() - last_ckpt > args.checkpoint_minutes * 60:
+            torch.save(trainer.state_dict(), ckpt)
+            save_grid(trainer.ema, out / f"samples_{trainer.step:06d}.png")
+            last_ckpt = time.time()
+    torch.save(trainer.state_dict(), ckpt)
+    save_grid(trainer.ema, out / "samples_final.png")
+    target = Path(args.weights) if args.weights else GENERATOR_WEIGHTS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in trainer.ema.net.state_dict().items()}, str(target))
+    summary = {"steps": trainer.step, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+               "wall_seconds_this_run": time.time() - start, "weights": str(target)}
+    (out / "generator_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+def save_grid(gen, path, n=32, seed=0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        images = gen.forward(gen.sample_z(n, seed)).clamp(-1, 1)
+    fig, axes = plt.subplots(4, n // 4, figsize=(n // 4 * 1.2, 4.8))
+    for ax, img in zip(axes.ravel(), images):
+        ax.imshow(((img + 1) / 2).permute(1, 2, 0).numpy())
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gandid_plugins.toyroom.train")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -93,10 +149,21 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/toyroom-train")
     p.add_argument("--weights", help="where to write the float16 weights (default: inside the package)")
+    p = sub.add_parser("generator", help="train the PG-GAN-layout generator adversarially on renders")
+    p.add_argument("--minutes", type=float, default=95, help="wall-clock budget of this run")
+    p.add_argument("--steps", type=int, default=10**9)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.002)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float, default=10)
+    p.add_argument("--out", default="runs/toyroom-train")
+    p.add_argument("--weights", help="where to write the float16 weights (default: inside the package)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.what == "segmenter":
         train_segmenter(args)
+    else:
+        train_generator(args)
 
 
 if __name__ == "__main__":
