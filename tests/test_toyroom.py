@@ -40,3 +40,19 @@ def test_shipped_segmenter_is_accurate_on_held_out_renders():
     assert np.mean(ious) >= 0.85, dict(zip(LABELS, np.round(ious, 3)))
     scores = seg.class_scores(torch.from_numpy(images[:4]).requires_grad_(), LABELS.index("table"))
     scores.sum().backward()  # differentiable, for ACE's alpha optimisation
+
+
+def test_generator_plugin_loads_pggan_layout_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from gandid.errors import CheckpointError
+    from gandid_plugins.toyroom import toyroom_generator
+    from gandid_plugins.toyroom.gan import init_generator
+
+    with pytest.raises(CheckpointError, match="train them with"):
+        toyroom_generator(weights=str(tmp_path / "missing.safetensors"))
+    gen = init_generator(0)
+    save_file({k: v.half().contiguous() for k, v in gen.net.state_dict().items()}, str(tmp_path / "g.safetensors"))
+    loaded = toyroom_generator(weights=str(tmp_path / "g.safetensors"))
+    assert loaded.resolution == 64 and loaded.default_layer == "layer5"
+    assert [l.channels for l in loaded.layers][4] == 128

@@ -1,6 +1,27 @@
-"""The embedded toyroom world: a procedural conference-room renderer with exact labels, and the
-segmenter trained on it (the generator trained on it is still to come)."""
+"""The embedded toyroom world: a procedural conference-room renderer with exact labels, the segmenter
+trained on it and a PG-GAN-layout generator trained on it (weights and recipe in this package)."""
 from gandid import hookimpl
+
+
+def toyroom_generator(weights: str | None = None):
+    """The shipped toyroom generator (the `pggan` layout, 64 px); ``weights`` overrides the file."""
+    from gandid.errors import CheckpointError
+
+    from ..pggan import PGGANGenerator
+    from .train import GENERATOR_WEIGHTS
+
+    path = weights or GENERATOR_WEIGHTS
+    if not __import__("pathlib").Path(path).exists():
+        raise CheckpointError(f"toyroom generator weights not found at {path}; train them with "
+                              "`python -m gandid_plugins.toyroom.train generator`")
+    gen = PGGANGenerator.from_file(path).float().eval()
+    gen.default_layer = "layer5"  # 16x16, 128 units: objects of a 64 px room are a few feature pixels wide
+    return gen
+
+
+@hookimpl
+def gandid_register_generators(register):
+    register("toyroom", toyroom_generator, description="PG-GAN (pggan layout) trained on toyroom renders, 64 px")
 
 
 @hookimpl
