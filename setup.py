@@ -39,7 +39,7 @@ setup(
     python_requires=">=3.10",
     packages=["gandid", "gandid.ops", "gandid.report", "gandid_plugins", "gandid_plugins.toyroom"],
     package_dir={"gandid_plugins": "plugins"},
-    package_data={"gandid_plugins": ["**/*.json", "**/*.md", "**/*.safetensors"]},
+    package_data={"gandid_plugins": ["*.json", "*.md", "toyroom/*.md", "toyroom/weights/*"]},
     cmdclass={"build_py": BuildPyWithCsrc},
     install_requires=[
         # A range, never a pin above what the user has: an unpinned or newer torch pulls GBs of CUDA.
