@@ -203,6 +203,31 @@ class Session:
             "files": [],
         }
 
+    def write_samples(self, out: Path, n: int = 16) -> None:
+        """samples.png: the first n samples of the run's seed, with their segmentation below."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import torch
+
+        with torch.no_grad():
+            z = self.generator.sample_z(n, self.cfg.seed).to(self.device)
+            images = self.generator.forward(z).clamp(-1, 1).float().cpu()
+            labels = self.segmenter.segment(images.to(self.device)).cpu() if self.segmenter is not None else None
+        rows = 2 if labels is None else 4
+        fig, axes = plt.subplots(rows, n // 2, figsize=(n // 2 * 1.3, rows * 1.35), squeeze=False)
+        for i in range(n):
+            r, c = (i // (n // 2)) * (rows // 2), i % (n // 2)
+            axes[r][c].imshow(((images[i] + 1) / 2).permute(1, 2, 0).numpy())
+            if labels is not None:
+                axes[r + 1][c].imshow(labels[i].numpy(), cmap="tab20", vmin=0, vmax=19, interpolation="nearest")
+        for ax in axes.ravel():
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / "samples.png", dpi=90)
+        plt.close(fig)
+
     def execute(self) -> RunResult:
         out = Path(self.cfg.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +238,11 @@ class Session:
         run_json = out / "run.json"
         _write_json_atomic(run_json, record)
         result = RunResult(out, "running")
+        try:
+            self.write_samples(out)
+            record["files"] = list(dict.fromkeys(record["files"] + ["samples.png"]))
+        except Exception as exc:  # pictures are a convenience: never lose the run for them
+            self.console.print(f"[yellow]samples.png not written: {type(exc).__name__}: {exc}[/yellow]")
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
                             transient=True)
@@ -268,7 +298,12 @@ class Session:
             raise
         record["status"] = result.status = "completed" if not result.errors else "completed_with_errors"
         record["ended"] = _now()
+        from .report import write_report
+
+        record["files"] = list(dict.fromkeys(record["files"] + ["report.html"]))
+        write_report(out, record, self.analyses, result.results)
         _write_json_atomic(run_json, record)
+        self.console.print(f"report: {out / 'report.html'}")
         return result
 
 

@@ -232,6 +232,27 @@ class ACE:
             plt.close(fig)
 
 
+    def report_section(self, result, out_dir):
+        from gandid.report import esc, image, table
+
+        parts = [f"<p>Layer <code>{esc(result['layer'])}</code>, {esc(result['samples'])} latents per estimate.</p>"]
+        for name, e in result["classes"].items():
+            top = e["ranking"][:5]
+            removed = e["topk_removed_fraction"]
+            parts.append(f"<h3>{esc(name)}</h3>")
+            parts.append(table(["rank", "unit", "ACE"], [(i + 1, u, f"{e['unit_ace'][u]:+.4f}") for i, u in
+                                                         enumerate(top)]))
+            parts.append(f"<p>Ablating the top {len(removed) - 1} units removes {removed[-1]:.0%} of {esc(name)}; "
+                         f"the alpha optimisation turned on {len(e['alpha_opt']['units_above_half'])} units "
+                         f"(final ACE {e['alpha_opt']['final_delta']:+.3f}).</p>")
+            ctx_rows = sorted(e["context_gain"].items(), key=lambda kv: -kv[1]["mean_gain"])
+            if ctx_rows:
+                parts.append(table(["context class", "mean gain", "locations"],
+                                   [(k, f"{v['mean_gain']:+.4f}", v["count"]) for k, v in ctx_rows]))
+            parts.append(image(f"ace_{name}.png", f"ACE per unit and ablation curve, {name}"))
+        return "\n".join(parts)
+
+
 @hookimpl
 def gandid_register_analyses(register):
     register("ace", ACE, description="average causal effect of units on classes: ranking, top-k curves, context, alpha")

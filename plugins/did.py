@@ -131,6 +131,24 @@ class DID:
         plt.close(fig)
 
 
+    def report_section(self, result, out_dir):
+        from gandid.report import esc, image, table
+
+        parts = [f"<p>Layer <code>{esc(result['layer'])}</code>; β controlled at {len(result['sites'])} sites "
+                 f"({esc(', '.join(result['sites']))}). Area DID: [A(β',u') - A(β',u)] - [A(β,u') - A(β,u)], "
+                 "positive where pixel norm in-paints.</p>"]
+        for name, e in result["classes"].items():
+            rows = sorted(e["area_did"].items(), key=lambda kv: -abs(kv[1]["mean"]))
+            parts.append(f"<h3>top {len(e['units'])} units of {esc(name)} ablated ({e['samples']} samples)</h3>")
+            parts.append(table(["class", "area DID", "95% interval"],
+                               [(k, f"{v['mean']:+.4f}", f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]")
+                                for k, v in rows]))
+            parts.append(f"<p>mean |ΔY| = {e['pixel_did_mean_abs']:.4f}</p>")
+            parts.append("<div class='grid'>" + image(f"did_{name}.png", "arms, inner differences and ΔY")
+                         + image(f"did_{name}_map.png", "mean |ΔY| per pixel") + "</div>")
+        return "\n".join(parts)
+
+
 @hookimpl
 def gandid_register_analyses(register):
     register("did", DID, description="difference-in-differences of pixel norm under ablation: pixels and areas")

@@ -11,6 +11,7 @@ values tied at the quantile (activations often have such atoms) are active. Only
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +148,42 @@ class Dissect:
                                top=top.state_dict())
             ctx.save_state(state)
         iou = inter / (active + cls[None, :] - inter).clamp_min(1)
-        return self.summarise(ctx, layer, labels, iou, t, top)
+        summary = self.summarise(ctx, layer, labels, iou, t, top)
+        self.draw_strips(ctx, layer, summary)
+        return summary
+
+    def draw_strips(self, ctx, layer, summary, units: int = 8, images: int = 5):
+        """For the units with the highest IoU: their top images with the thresholded unit mask outlined."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        best = sorted(summary["units"], key=lambda e: -e["iou"])[:units]
+        if not best:
+            return
+        fig, axes = plt.subplots(len(best), images, figsize=(images * 1.3, len(best) * 1.4), squeeze=False)
+        for row, entry in enumerate(best):
+            seeds = entry["top_seeds"][:images]
+            with torch.no_grad():
+                z = torch.cat([ctx.generator.sample_z(1, ctx.config.seed, start=s) for s in seeds]).to(ctx.device)
+                from gandid.model import Trace
+
+                with Trace(ctx.generator, [layer]) as trace:
+                    imgs = ctx.generator.forward(z).clamp(-1, 1).float().cpu()
+                feat = trace[layer][:, entry["unit"]:entry["unit"] + 1].float().cpu()
+                mask = F.interpolate(feat, size=imgs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            for k in range(images):
+                ax = axes[row][k]
+                ax.axis("off")
+                if k < len(seeds):
+                    ax.imshow(((imgs[k] + 1) / 2).permute(1, 2, 0).numpy())
+                    ax.contour((mask[k] >= entry["threshold"]).numpy(), levels=[0.5], colors="yellow", linewidths=1)
+            axes[row][0].set_title(f"unit {entry['unit']}: {entry['label']} {entry['iou']:.2f}", fontsize=7,
+                                   loc="left")
+        fig.tight_layout()
+        fig.savefig(ctx.path(f"dissect_{layer}_top_units.png"), dpi=90)
+        plt.close(fig)
 
     def summarise(self, ctx, layer, labels, iou, thresholds, top):
         candidates = [c for c, name in enumerate(labels) if name not in ("unlabelled", "unlabeled")]
@@ -174,6 +210,38 @@ class Dissect:
             by_category[categories.get(label, "object")] = by_category.get(categories.get(label, "object"), 0) + count
         return {"threshold_mode": self.mode, "units": units, "interpretable": interpretable,
                 "interpretable_by_category": by_category, "interpretable_total": sum(interpretable.values())}
+
+
+    def report_section(self, result, out_dir):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from gandid.report import esc, image, table
+
+        parts = [f"<p>Thresholds: <code>{esc(result['threshold_mode'])}</code>; a unit is interpretable when "
+                 f"its best IoU exceeds {esc(result['iou_threshold'])}.</p>"]
+        for layer, entry in result["layers"].items():
+            counts = sorted(entry["interpretable"].items(), key=lambda kv: -kv[1])
+            parts.append(f"<h3>{esc(layer)}: {entry['interpretable_total']} interpretable units of "
+                         f"{len(entry['units'])}</h3>")
+            if counts:
+                fig, ax = plt.subplots(figsize=(6, 2.6))
+                ax.bar([k for k, _ in counts], [v for _, v in counts], color="#4c72b0")
+                ax.set(ylabel="units", title=f"interpretable units per class, {layer}")
+                ax.tick_params(axis="x", rotation=45, labelsize=8)
+                fig.tight_layout()
+                fig.savefig(Path(out_dir) / f"dissect_{layer}_counts.png", dpi=90)
+                plt.close(fig)
+                parts.append(image(f"dissect_{layer}_counts.png", "interpretable units per class"))
+            best = sorted(entry["units"], key=lambda e: -e["iou"])[:12]
+            parts.append(table(["unit", "label", "IoU", "threshold"],
+                               [(e["unit"], e["label"], f"{e['iou']:.3f}", f"{e['threshold']:.3g}") for e in best]))
+            if (Path(out_dir) / f"dissect_{layer}_top_units.png").exists():
+                parts.append(image(f"dissect_{layer}_top_units.png",
+                                   "top units: their highest-activating samples, unit mask outlined"))
+        return "\n".join(parts)
 
 
 @hookimpl

@@ -122,6 +122,15 @@ class Entangle:
         plt.close(fig)
 
 
+    def report_section(self, result, out_dir):
+        from gandid.report import image, table
+
+        rows = [(name, e["call"], f"{e['remaining_fraction']:.0%}", f"{e['ace_distribution']['top_share']:.0%}",
+                 e["top_vs_second"]["top"], e["why"]) for name, e in result["classes"].items()]
+        return (table(["class", "call", "remains", "top-20 ACE share", "top summed-ACE class", "evidence"], rows)
+                + image("entangle.png", "ACE concentration and what replaces each ablated class"))
+
+
 @hookimpl
 def gandid_register_analyses(register):
     register("entangle", Entangle, description="entanglement taxonomy: disentangled / type 1 / type 2, with evidence")
