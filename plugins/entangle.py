@@ -26,7 +26,7 @@ class Entangle:
     """Options: survive_threshold (remaining fraction above which c survives, default 0.5),
     emerge_threshold (gain of another class, relative to c's area, default 0.2), overwhelming_ratio
     (top/second summed ACE, default 2), top_share_units (20), background (classes whose gain is not
-    emergence; default unlabelled/background)."""
+    emergence; default: the segmenter's ``background`` attribute plus unlabelled/background)."""
 
     requires = ("ace", "did")
 
@@ -34,10 +34,12 @@ class Entangle:
                  overwhelming_ratio: float = 2.0, top_share_units: int = 20, background=None):
         self.survive_threshold, self.emerge_threshold = survive_threshold, emerge_threshold
         self.overwhelming_ratio, self.top_share_units = overwhelming_ratio, top_share_units
-        self.background = tuple(background) if background is not None else BACKGROUND
+        self.background = tuple(background) if background is not None else None
 
     def run(self, ctx):
         ace, did = ctx.results["ace"], ctx.results["did"]
+        if self.background is None:  # the segmenter may name its background classes (walls, floor, ...)
+            self.background = tuple(getattr(ctx.segmenter, "background", ())) + BACKGROUND
         result = {"thresholds": {"survive_threshold": self.survive_threshold,
                                  "emerge_threshold": self.emerge_threshold,
                                  "overwhelming_ratio": self.overwhelming_ratio,

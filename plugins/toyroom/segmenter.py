@@ -43,6 +43,7 @@ class ToyroomSegmenter:
 
     labels = LABELS
     categories = {name: "object" for name in LABELS}
+    background = ("wall", "floor", "ceiling")  # what an ablated object uncovers, not what replaces it
 
     def __init__(self, weights: str | None = None, device: str = "cpu"):
         from gandid.checkpoints import check_state_dict, load_state_dict_file
