@@ -93,7 +93,7 @@ class Trainer:
         self.opt_g.zero_grad()
         loss_g.backward()
         self.opt_g.step()
-        with torch.no_grad():
+        with torch.no_grad():  # fixed decay; export() removes the initial weights' share (bias correction)
             for e, p in zip(self.ema.parameters(), self.gen.parameters()):
                 e.lerp_(p, 1 - self.ema_decay)
         self.step += 1
@@ -111,3 +111,15 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.step = state["step"]
+
+
+def corrected_ema(state: dict, seed: int, decay: float = 0.999) -> dict:
+    """The EMA of a run with fixed decay, without its share of the initial weights.
+
+    After T steps the EMA is decay^T * init + (1 - decay) * sum(...); the initial weights are known
+    exactly (``init_generator(seed)``), so e_corrected = (e - decay^T init) / (1 - decay^T), like Adam's
+    bias correction. Matters for short runs: after 2,000 steps at 0.999, 14 % of the EMA is still init.
+    """
+    init = init_generator(seed).state_dict()
+    w = decay ** state["step"]
+    return {k: (v - w * init[k]) / (1 - w) if v.is_floating_point() else v for k, v in state["ema"].items()}

@@ -113,13 +113,26 @@ def train_generator(args):
             last_ckpt = time.time()
     torch.save(trainer.state_dict(), ckpt)
     save_grid(trainer.ema, out / "samples_final.png")
-    target = Path(args.weights) if args.weights else GENERATOR_WEIGHTS
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half().contiguous() for k, v in trainer.ema.net.state_dict().items()}, str(target))
+    export_generator(ckpt, args.seed, Path(args.weights) if args.weights else GENERATOR_WEIGHTS, out)
     summary = {"steps": trainer.step, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-               "wall_seconds_this_run": time.time() - start, "weights": str(target)}
+               "wall_seconds_this_run": time.time() - start}
     (out / "generator_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+
+
+def export_generator(checkpoint: Path, seed: int, target: Path, out: Path):
+    """Write the bias-corrected EMA generator as float16 safetensors in the pggan layout, with a grid."""
+    from safetensors.torch import save_file
+
+    from .gan import corrected_ema, init_generator
+
+    state = torch.load(checkpoint, weights_only=True)
+    gen = init_generator(seed)
+    gen.load_state_dict(corrected_ema(state, seed))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in gen.net.state_dict().items()}, str(target))
+    save_grid(gen.eval(), out / "samples_exported.png")
+    print(f"exported step {state['step']} to {target}")
 
 
 def save_grid(gen, path, n=32, seed=0):
@@ -158,10 +171,18 @@ def main(argv=None):
     p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float, default=10)
     p.add_argument("--out", default="runs/toyroom-train")
     p.add_argument("--weights", help="where to write the float16 weights (default: inside the package)")
+    p = sub.add_parser("export", help="write the shipped weights from a generator checkpoint")
+    p.add_argument("--checkpoint", default="runs/toyroom-train/generator_checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/toyroom-train")
+    p.add_argument("--weights", help="where to write the float16 weights (default: inside the package)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.what == "segmenter":
         train_segmenter(args)
+    elif args.what == "export":
+        export_generator(Path(args.checkpoint), args.seed, Path(args.weights) if args.weights else GENERATOR_WEIGHTS,
+                         Path(args.out))
     else:
         train_generator(args)
 
