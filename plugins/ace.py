@@ -32,7 +32,6 @@ class ACE:
     samples (latents per estimate), top_k, value ('mean' or 'quantile'), value_quantile,
     context_locations, alpha_steps, alpha_lr, alpha_lambda, stat_samples."""
 
-    requires = ()
 
     def __init__(self, classes=None, samples: int = 16, top_k: int = 20, min_area: float = 0.01,
                  value: str = "mean", value_quantile: float = 0.99, context_locations: int = 16,

@@ -177,7 +177,6 @@ def main(argv=None):
     p.add_argument("--out", default="runs/toyroom-train")
     p.add_argument("--weights", help="where to write the float16 weights (default: inside the package)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.what == "segmenter":
         train_segmenter(args)
     elif args.what == "export":
