@@ -46,9 +46,11 @@ class Batch:
 class RunContext:
     """What an analysis sees of the run: models, config, streaming, state, output folder."""
 
-    def __init__(self, *, name, config, generator, segmenter, layers, device, out_dir, progress, results):
+    def __init__(self, *, name, config, generator, segmenter, layers, device, out_dir, progress, results,
+                 options=None):
         self.name = name
         self.config = config
+        self.options = dict(options if options is not None else config.analysis_options.get(name, {}))
         self.generator = generator
         self.segmenter = segmenter
         self.layers = list(layers)
@@ -106,10 +108,6 @@ class RunContext:
             self.progress.remove_task(task)
 
     # -- options, state and files ---------------------------------------------------------------
-    @property
-    def options(self) -> dict:
-        return dict(self.config.analysis_options.get(self.name, {}))
-
     @property
     def _state_path(self) -> Path:
         return self.out_dir / "state" / f"{self.name}.pt"

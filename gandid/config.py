@@ -102,15 +102,22 @@ def split_list(values) -> list[str]:
     return out
 
 
-def check_options(what: str, factory, options: dict) -> None:
-    """Refuse options the factory does not take, naming the closest valid ones."""
+def option_names(factory) -> list[str] | None:
+    """Keyword options a plugin factory takes; None when it takes any (``**options``) or cannot be read."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
-        return
+        return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_options(what: str, factory, options: dict) -> None:
+    """Refuse options the factory does not take, naming the closest valid ones."""
+    valid = option_names(factory)
+    if valid is None:
         return
-    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in options:
         if key not in valid:
             raise UnknownNameError(f"option of {what}", key, valid)

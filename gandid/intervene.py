@@ -227,7 +227,7 @@ def _site_after(generator: Generator, layer: str) -> str | None:
 def _single_layer(interventions: Sequence[Intervention]) -> str:
     layers = {i.layer for i in interventions}
     if len(layers) != 1:
-        raise ValueError(f"a DID intervenes at one layer; got {sorted(layers)}")
+        raise ValueError(f"these interventions must all be at one layer; got {sorted(layers)}")
     return layers.pop()
 
 
@@ -400,6 +400,32 @@ def per_unit(generator: Generator, z: torch.Tensor, layer: str, units: Sequence[
                 blocks[torch.arange(u), :, idx] = r - s * (r - k)
                 images = generator.forward_from(layer, _layout(x, channels_last), z.repeat(u, 1))
                 yield chunk, images.view(u, n, *generator_output_shape(generator))
+
+
+def variants(generator: Generator, z: torch.Tensor, interventions: Sequence[Intervention], *,
+             memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool | None = None
+             ) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Many interventions on one layer for the same latents, after one shared prefix.
+
+    Yields ``(indices, images)`` with images (len(indices), N, 3, H, W): block i is
+    ``interventions[indices[i]]`` applied to every latent (plain PyTorch, then the generator's own
+    norms). This is `per_unit` for arbitrary unit sets, values and regions (top-k curves, locations).
+    """
+    interventions = list(interventions)
+    if not interventions:
+        return
+    layer = _single_layer(interventions)
+    for iv in interventions:
+        iv.check(generator)
+    n = len(z)
+    per_chunk = max(1, rows_per_chunk(generator, memory_budget) // max(1, n))
+    with torch.no_grad():
+        feats = features_at(generator, z, layer)
+        for lo in range(0, len(interventions), per_chunk):
+            chunk = list(range(lo, min(lo + per_chunk, len(interventions))))
+            x = torch.cat([interventions[i].apply(feats, n, 1) for i in chunk])
+            images = generator.forward_from(layer, _layout(x, channels_last), z.repeat(len(chunk), 1))
+            yield chunk, images.view(len(chunk), n, *generator_output_shape(generator))
 
 
 def counterfactuals_naive(generator: Generator, z: torch.Tensor, intervention,

@@ -39,6 +39,10 @@ class NormSite:
 
 @runtime_checkable
 class Generator(Protocol):
+    """Optional attributes the runner reads: ``default_layer`` (the layer analysed when none is
+    given) and ``analysis_defaults`` ({analysis: {option: value}}: options sized to this model,
+    applied under the user's own)."""
+
     z_dim: int
     resolution: int
     layers: Sequence[LayerInfo]

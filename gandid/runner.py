@@ -17,7 +17,7 @@ from rich.text import Text
 
 from . import __version__
 from .analysis import AnalysisResult, RunContext
-from .config import RunConfig, check_options
+from .config import RunConfig, check_options, option_names
 from .errors import ConfigError, OutputExistsError, UnknownNameError
 from .model import find_layer
 from .registry import Registry, get_registry
@@ -165,13 +165,25 @@ class Session:
         layers = cfg.layer or [getattr(self.generator, "default_layer", None)
                                or self.generator.layers[len(self.generator.layers) // 2].name]
         self.layers = [find_layer(self.generator, name).name for name in layers]
-        self.analyses = {name: reg.create("analysis", name, **cfg.analysis_options.get(name, {}))
+        self.analysis_options = {name: self._options_for(name) for name in analysis_names}
+        self.analyses = {name: reg.create("analysis", name, **self.analysis_options[name])
                          for name in analysis_names}
         self.order = _order_analyses(analysis_names, self.analyses)
         if self.segmenter is None:
             needing = [n for n in self.order if getattr(self.analyses[n], "needs_segmenter", True)]
             if needing:
                 raise ConfigError(f"analyses {needing} need a segmenter: give --segmenter")
+
+    def _options_for(self, analysis: str) -> dict:
+        """The generator's suggested options for this analysis (``analysis_defaults``, sized to the
+        model: e.g. the embedded toyroom keeps the default run under five minutes on a CPU), under
+        the user's; suggestions the analysis does not take are dropped (a third-party analysis may
+        share a name with the one they were written for)."""
+        suggested = dict((getattr(self.generator, "analysis_defaults", None) or {}).get(analysis, {}))
+        accepted = option_names(self.registry.get("analysis", analysis).factory)
+        if accepted is not None:
+            suggested = {k: v for k, v in suggested.items() if k in accepted}
+        return {**suggested, **self.cfg.analysis_options.get(analysis, {})}
 
     def _plugin_versions(self) -> dict:
         used = [("generator", self.cfg.generator)] + [("analysis", n) for n in self.order]
@@ -199,6 +211,7 @@ class Session:
             "device": self.device,
             "op_backend": backend_name(self.device),
             "layers": self.layers,
+            "analysis_options": self.analysis_options,  # effective: the config's over the generator's suggestions
             "stages": {},
             "files": [],
         }
@@ -262,7 +275,7 @@ class Session:
                         continue
                     ctx = RunContext(name=name, config=self.cfg, generator=self.generator, segmenter=self.segmenter,
                                      layers=self.layers, device=self.device, out_dir=out, progress=progress,
-                                     results=result.results)
+                                     results=result.results, options=self.analysis_options[name])
                     record["stages"][name] = {"status": "running", "started": _now()}
                     _write_json_atomic(run_json, record)
                     t0 = time.perf_counter()

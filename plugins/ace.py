@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from gandid import hookimpl
-from gandid.intervene import Intervention, _site_after, per_unit, run_with_betas
+from gandid.intervene import Intervention, _site_after, per_unit, variants
 from gandid.model import features_at
 from gandid.ops import intervene_pixelnorm
 from gandid.stats import Histogram
@@ -28,18 +28,24 @@ def class_fractions(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 class ACE:
-    """Options: classes (names; default every class covering at least min_area of the images),
-    samples (latents per estimate), top_k, value ('mean' or 'quantile'), value_quantile,
-    context_locations, alpha_steps, alpha_lr, alpha_lambda, stat_samples."""
+    """Options: classes (names; default every class covering at least min_area of the images, less
+    the segmenter's ``background`` classes), samples (latents per estimate), top_k, curve_ks (the k
+    of the top-k curves; default 1, 2, 3, 5, 8, 13, ... top_k), value ('mean' or 'quantile'),
+    value_quantile, context_locations, alpha_steps, alpha_lr, alpha_lambda, alpha_samples, stat_samples.
 
+    Cost: (1 + classes) x units x samples images from the layer on, each segmented, plus per class
+    2 x len(curve_ks) x samples, context_locations x samples, and alpha_steps forward and backward
+    passes of 2 x alpha_samples images.
+    """
 
     def __init__(self, classes=None, samples: int = 16, top_k: int = 20, min_area: float = 0.01,
-                 value: str = "mean", value_quantile: float = 0.99, context_locations: int = 16,
+                 curve_ks=None, value: str = "mean", value_quantile: float = 0.99, context_locations: int = 16,
                  alpha_steps: int = 30, alpha_lr: float = 0.01, alpha_lambda: float = 0.005, alpha_samples: int = 8,
                  stat_samples: int | None = None):
         if value not in ("mean", "quantile"):
             raise ValueError(f"ace: value must be 'mean' or 'quantile', got {value!r}")
         self.classes, self.samples, self.top_k, self.min_area = classes, samples, top_k, min_area
+        self.curve_ks = None if curve_ks is None else [int(k) for k in curve_ks]
         self.value, self.value_quantile = value, value_quantile
         self.context_locations, self.alpha_steps, self.alpha_lr = context_locations, alpha_steps, alpha_lr
         self.alpha_lambda, self.alpha_samples, self.stat_samples = alpha_lambda, alpha_samples, stat_samples
@@ -95,9 +101,10 @@ class ACE:
 
                 raise UnknownNameError("class", unknown[0], labels)
             chosen = [labels.index(c) for c in self.classes]
-        else:
+        else:  # objects only: what an ablated object uncovers (walls, floor) is not a class to dissect
+            skip = set(NOT_OBJECTS) | set(getattr(seg, "background", ()))
             chosen = [c for c in range(len(labels)) if area[c] >= self.min_area and count[c] > 0
-                      and labels[c] not in NOT_OBJECTS]
+                      and labels[c] not in skip]
         z = gen.sample_z(self.samples, ctx.config.seed).to(ctx.device)
         with torch.no_grad():
             base = class_fractions(seg.segment(gen.forward(z)), len(labels))  # (N, C)
@@ -133,43 +140,61 @@ class ACE:
                 out[u] = class_fractions(ctx.segmenter.segment(images[i]), classes).mean(0).double()
         return out
 
+    def curve_points(self, available: int) -> list[int]:
+        """The k at which the top-k curves are measured: ``curve_ks``, or a Fibonacci-like ladder up to top_k."""
+        top = min(self.top_k, available)
+        if self.curve_ks is not None:
+            ks = self.curve_ks
+        else:
+            ks, a, b = [top], 1, 2
+            while a < top:
+                ks.append(a)
+                a, b = b, a + b
+        return sorted({int(k) for k in ks if 1 <= int(k) <= top})
+
     def top_k_curves(self, gen, seg, z, layer, ranking, value, c, base, classes):
+        """Ablate / insert the top-k units for each k of the ladder: class c removed, ACE of the set."""
         base_area = float(base[:, c].mean())
-        removed, topk_ace = [0.0], []
-        with torch.no_grad():
-            for k in range(1, min(self.top_k, len(ranking)) + 1):
-                units = ranking[:k]
-                abl, _ = run_with_betas(gen, z, Intervention(layer, units))
-                ins, _ = run_with_betas(gen, z, Intervention(layer, units, value=value[units]))
-                a = class_fractions(seg.segment(abl), classes)[:, c].mean()
-                i = class_fractions(seg.segment(ins), classes)[:, c].mean()
-                removed.append(float(1 - a / base_area) if base_area > 0 else 0.0)
-                topk_ace.append(float(i - a))
-        return {"topk_removed_fraction": removed, "topk_ace": topk_ace, "base_area": base_area}
+        ks = self.curve_points(len(ranking))
+        ivs = []
+        for k in ks:
+            units = ranking[:k]
+            ivs += [Intervention(layer, units), Intervention(layer, units, value=value[units])]
+        area = torch.zeros(len(ivs))
+        for chunk, images in variants(gen, z, ivs):
+            for i, block in zip(chunk, images):
+                area[i] = class_fractions(seg.segment(block), classes)[:, c].mean()
+        ablated, inserted = area[0::2], area[1::2]
+        removed = [0.0] + [float(1 - a / base_area) if base_area > 0 else 0.0 for a in ablated.tolist()]
+        return {"curve_k": [0] + ks, "topk_removed_fraction": removed,
+                "topk_ace": (inserted - ablated).tolist(), "base_area": base_area}
 
     def context_gain(self, gen, seg, z, layer, units, value, c, labels):
         """Insert the top units at one feature-map pixel; mean gain of class c by the class found there."""
         info = next(l for l in gen.layers if l.name == layer)
         h, w = info.size
         g = torch.Generator().manual_seed(0)
-        locations = torch.randperm(h * w, generator=g)[: self.context_locations]
+        locations = torch.randperm(h * w, generator=g)[: self.context_locations].tolist()
         n = len(z)
         with torch.no_grad():
             orig = seg.segment(gen.forward(z))
-            region = torch.zeros(len(locations) * n, h, w)
-            for i, p in enumerate(locations.tolist()):
-                region[i * n:(i + 1) * n, p // w, p % w] = 1
-            zz = z.repeat(len(locations), 1)
-            ins, _ = run_with_betas(gen, zz, Intervention(layer, units, region=region, value=value[units]))
-            gain = class_fractions(seg.segment(ins), len(labels))[:, c] - class_fractions(
-                orig.repeat(len(locations), 1, 1), len(labels))[:, c]
-            big_h, big_w = orig.shape[-2:]
-            context = []
-            for i, p in enumerate(locations.tolist()):
-                y, x = (p // w) * big_h // h, (p % w) * big_w // w
-                patch = orig[:, y:y + max(1, big_h // h), x:x + max(1, big_w // w)].reshape(n, -1)
-                context.append(patch.mode(1).values)
-            context = torch.cat(context)
+        before = class_fractions(orig, len(labels))[:, c]
+        ivs = []
+        for p in locations:
+            region = torch.zeros(h, w)
+            region[p // w, p % w] = 1
+            ivs.append(Intervention(layer, units, region=region, value=value[units]))
+        gain = torch.zeros(len(locations), n)
+        for chunk, images in variants(gen, z, ivs):
+            for i, block in zip(chunk, images):
+                gain[i] = class_fractions(seg.segment(block), len(labels))[:, c] - before
+        big_h, big_w = orig.shape[-2:]
+        context = []
+        for p in locations:
+            y, x = (p // w) * big_h // h, (p % w) * big_w // w
+            patch = orig[:, y:y + max(1, big_h // h), x:x + max(1, big_w // w)].reshape(n, -1)
+            context.append(patch.mode(1).values)
+        context, gain = torch.cat(context), gain.flatten()
         out = {}
         for k in context.unique().tolist():
             sel = context == k
@@ -223,7 +248,7 @@ class ACE:
             ace = sorted(entry["unit_ace"], reverse=True)
             ax1.bar(range(len(ace)), ace, width=1.0, color="#4c72b0")
             ax1.set(title=f"ACE of each unit on {name} (sorted)", xlabel="unit rank", ylabel="ACE")
-            ax2.plot(range(len(entry["topk_removed_fraction"])), entry["topk_removed_fraction"], "o-", color="#c44e52")
+            ax2.plot(entry["curve_k"], entry["topk_removed_fraction"], "o-", color="#c44e52")
             ax2.set(title=f"ablating the top-k units: {name} removed", xlabel="k", ylabel="fraction removed",
                     ylim=(min(-0.05, min(entry["topk_removed_fraction"])), 1.05))
             fig.tight_layout()
@@ -241,7 +266,7 @@ class ACE:
             parts.append(f"<h3>{esc(name)}</h3>")
             parts.append(table(["rank", "unit", "ACE"], [(i + 1, u, f"{e['unit_ace'][u]:+.4f}") for i, u in
                                                          enumerate(top)]))
-            parts.append(f"<p>Ablating the top {len(removed) - 1} units removes {removed[-1]:.0%} of {esc(name)}; "
+            parts.append(f"<p>Ablating the top {e['curve_k'][-1]} units removes {removed[-1]:.0%} of {esc(name)}; "
                          f"the alpha optimisation turned on {len(e['alpha_opt']['units_above_half'])} units "
                          f"(final ACE {e['alpha_opt']['final_delta']:+.3f}).</p>")
             ctx_rows = sorted(e["context_gain"].items(), key=lambda kv: -kv[1]["mean_gain"])

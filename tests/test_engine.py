@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from gandid.intervene import BetaControl, Intervention, counterfactuals, per_unit, run_with_betas
+from gandid.intervene import BetaControl, Intervention, counterfactuals, per_unit, run_with_betas, variants
 from gandid.model import LayerInfo, NormSite, PixelNorm
 from gandid_plugins.pggan import PGGANGenerator
 from pggan_files import make_state_dict
@@ -168,6 +168,24 @@ def test_per_unit_matches_one_full_forward_per_unit():
                               None if "value" not in kwargs else [float(value[u])])
             expected, _ = naive_run(gen, z, iv)
             torch.testing.assert_close(images, expected, rtol=1e-5, atol=5e-5)  # batch sizes differ, as above
+
+
+def test_variants_match_one_full_forward_each():
+    gen = PGGANGenerator.from_state_dict(make_state_dict(32, seed=5)).eval()
+    z = gen.sample_z(3, seed=2)
+    region = torch.zeros(8, 8)
+    region[1:4, 2:7] = 1
+    ivs = [Intervention("layer4", [3]), Intervention("layer4", [0, 7, 11], value=[2.0, -1.0, 0.5]),
+           Intervention("layer4", [1, 2], region=region, alpha=0.6), Intervention("layer4", [])]
+    got = {}
+    for chunk, images in variants(gen, z, ivs, memory_budget=200_000):
+        got.update(zip(chunk, images))
+    assert sorted(got) == [0, 1, 2, 3]
+    for i, iv in enumerate(ivs):
+        expected, _ = naive_run(gen, z, iv)
+        torch.testing.assert_close(got[i], expected, rtol=1e-5, atol=5e-5)
+    with pytest.raises(ValueError, match="one layer"):
+        list(variants(gen, z, [Intervention("layer4", [0]), Intervention("layer3", [0])]))
 
 
 class TwoLayer(nn.Module):

@@ -43,6 +43,18 @@ def test_run_writes_results_and_run_json(tmp_path, registry):
     assert len(stats["layers"]["layer2"]["mean"]) == 16
 
 
+def test_generator_suggested_options_apply_under_the_users(tmp_path, registry):
+    suggest = {"suggest_samples": 6}
+    result = run(cfg(tmp_path, out=str(tmp_path / "a"), generator_options=suggest), registry=registry)
+    assert result.results["count"]["samples"] == 6
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert record["analysis_options"]["count"] == {"samples": 6}  # the unknown suggestion is dropped
+    assert record["config"]["analysis_options"] == {}
+    result = run(cfg(tmp_path, out=str(tmp_path / "b"), generator_options=suggest,
+                     analysis_options={"count": {"samples": 7}}), registry=registry)
+    assert result.results["count"]["samples"] == 7
+
+
 def test_same_seed_same_numbers_any_batch_size(tmp_path, registry):
     a = run(cfg(tmp_path, out=str(tmp_path / "a"), batch_size=3), registry=registry)
     b = run(cfg(tmp_path, out=str(tmp_path / "b"), batch_size=10), registry=registry)

@@ -16,8 +16,10 @@ class TinyGenerator(nn.Module):
     z_dim = 8
     resolution = 16
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, suggest_samples: int | None = None):
         super().__init__()
+        if suggest_samples is not None:  # suggested options, one of them unknown to `count`
+            self.analysis_defaults = {"count": {"samples": suggest_samples, "not_an_option": 1}}
         g = torch.Generator().manual_seed(seed)
         self.fc = nn.Linear(8, 16 * 16)
         self.layer1 = nn.Sequential(nn.LeakyReLU(0.2))
@@ -75,14 +77,14 @@ class CountAnalysis:
     Ctrl-C would, for the resume tests.
     """
 
-    def __init__(self, interrupt_at: int = -1):
-        self.interrupt_at = interrupt_at
+    def __init__(self, interrupt_at: int = -1, samples: int | None = None):
+        self.interrupt_at, self.samples = interrupt_at, samples
 
     def run(self, ctx):
         state = ctx.load_state()
         resumed = state is not None
         state = state or {"done": 0, "counts": torch.zeros(3, dtype=torch.long)}
-        for batch in ctx.batches(start=state["done"]):
+        for batch in ctx.batches(samples=self.samples, start=state["done"]):
             if batch.start == self.interrupt_at and not resumed:
                 raise KeyboardInterrupt
             state["counts"] += torch.bincount(batch.labels.flatten(), minlength=3)
