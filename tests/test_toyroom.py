@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from gandid_plugins.toyroom.segmenter import WEIGHTS, ToyroomSegmenter
+from gandid_plugins.toyroom.train import GENERATOR_WEIGHTS
 from gandid_plugins.toyroom.world import LABELS, render, render_batch
 
 
@@ -56,3 +57,33 @@ def test_generator_plugin_loads_pggan_layout_weights(tmp_path):
     loaded = toyroom_generator(weights=str(tmp_path / "g.safetensors"))
     assert loaded.resolution == 64 and loaded.default_layer == "layer5"
     assert [l.channels for l in loaded.layers][4] == 128
+
+
+def test_class_frequencies_count_every_pixel_once(tmp_path):
+    from safetensors.torch import save_file
+
+    from gandid_plugins.toyroom.gan import init_generator
+    from gandid_plugins.toyroom.train import EVAL_SEED, class_frequencies
+
+    save_file({k: v.half().contiguous() for k, v in init_generator(1).net.state_dict().items()},
+              str(tmp_path / "g.safetensors"))
+    result = class_frequencies(images=6, batch=4, weights=str(tmp_path / "g.safetensors"), out=tmp_path)
+    assert (tmp_path / "class_frequencies.png").exists() and (tmp_path / "class_frequencies.json").exists()
+    _, labels = render_batch(range(EVAL_SEED, EVAL_SEED + 6))
+    exact = np.bincount(labels.ravel(), minlength=len(LABELS)) / labels[0].size / 6
+    got = [result["classes"][name]["renders_exact"]["pixel_share"] for name in LABELS]
+    np.testing.assert_allclose(got, exact, atol=1e-12)
+    for arm in ("generated", "renders"):
+        assert abs(sum(result["classes"][n][arm]["pixel_share"] for n in LABELS) - 1) < 1e-9
+
+
+@pytest.mark.skipif(not GENERATOR_WEIGHTS.exists(), reason="the toyroom generator has not been trained yet")
+def test_shipped_generator_draws_rooms_with_objects():
+    from gandid_plugins.toyroom.train import class_frequencies
+
+    result = class_frequencies(images=100)["classes"]
+    for name in ("wall", "floor", "ceiling"):
+        assert result[name]["generated"]["image_share"] > 0.9, (name, result[name])
+    objects = [n for n in LABELS if n not in ("wall", "floor", "ceiling")
+               and result[n]["generated"]["image_share"] >= 0.2 and result[n]["generated"]["pixel_share"] >= 0.003]
+    assert len(objects) >= 5, {n: result[n]["generated"] for n in LABELS}

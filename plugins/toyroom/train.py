@@ -135,6 +135,58 @@ def export_generator(checkpoint: Path, seed: int, target: Path, out: Path):
     print(f"exported step {state['step']} to {target}")
 
 
+def class_frequencies(images: int = 1000, batch: int = 100, weights: str | None = None, out: Path | None = None,
+                      min_area: float = 0.005):
+    """Segmenter class statistics on generated images vs renders: for each class, the share of images
+    showing it (at least ``min_area`` of the pixels) and its mean share of pixels. Renders are also
+    counted with their exact labels. Writes class_frequencies.json and .png into ``out``."""
+    from . import toyroom_generator
+    from .segmenter import ToyroomSegmenter
+
+    gen, seg = toyroom_generator(weights), ToyroomSegmenter()
+    k = len(LABELS)
+    sums = {name: {"images": np.zeros(k), "pixels": np.zeros(k)} for name in ("generated", "renders", "renders_exact")}
+
+    def add(name, labels):
+        area = F.one_hot(labels.reshape(len(labels), -1).long(), k).double().mean(1).numpy()  # (B, K)
+        sums[name]["images"] += (area >= min_area).sum(0)
+        sums[name]["pixels"] += area.sum(0)
+
+    with torch.no_grad():
+        for lo in range(0, images, batch):
+            n = min(batch, images - lo)
+            add("generated", seg.segment(gen.forward(gen.sample_z(n, seed=EVAL_SEED, start=lo)).clamp(-1, 1)))
+            rendered, exact = render_batch(range(EVAL_SEED + lo, EVAL_SEED + lo + n))
+            add("renders", seg.segment(torch.from_numpy(rendered)))
+            add("renders_exact", torch.from_numpy(exact))
+    result = {"images": images, "min_area": min_area, "classes": {
+        LABELS[c]: {name: {"image_share": float(s["images"][c] / images), "pixel_share": float(s["pixels"][c] / images)}
+                    for name, s in sums.items()} for c in range(k)}}
+    if out is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "class_frequencies.json").write_text(json.dumps(result, indent=2))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+        x = np.arange(k)
+        for ax, key, title in zip(axes, ("image_share", "pixel_share"),
+                                  (f"images showing the class (>= {min_area:.1%} of pixels)", "mean share of pixels")):
+            for i, (name, colour) in enumerate((("generated", "#c44e52"), ("renders", "#4c72b0"))):
+                ax.bar(x + (i - 0.5) * 0.4, [result["classes"][c][name][key] for c in LABELS], 0.4, label=name,
+                       color=colour)
+            ax.set_xticks(x, LABELS, rotation=45, ha="right")
+            ax.set_title(title)
+        axes[0].legend()
+        fig.suptitle(f"toyroom segmenter on {images} generated images vs {images} renders")
+        fig.tight_layout()
+        fig.savefig(out / "class_frequencies.png", dpi=90)
+        plt.close(fig)
+    return result
+
+
 def save_grid(gen, path, n=32, seed=0):
     import matplotlib
 
@@ -176,8 +228,18 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/toyroom-train")
     p.add_argument("--weights", help="where to write the float16 weights (default: inside the package)")
+    p = sub.add_parser("report", help="class frequencies of the shipped generator's images vs renders")
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--weights", help="generator weights (default: the shipped ones)")
+    p.add_argument("--out", default="runs/toyroom-train")
     args = parser.parse_args(argv)
-    if args.what == "segmenter":
+    if args.what == "report":
+        result = class_frequencies(args.images, weights=args.weights, out=Path(args.out))
+        for name, c in result["classes"].items():
+            print(f"{name:>10}  generated {c['generated']['image_share']:6.1%} of images "
+                  f"{c['generated']['pixel_share']:6.1%} of pixels   renders {c['renders']['image_share']:6.1%} "
+                  f"{c['renders']['pixel_share']:6.1%}")
+    elif args.what == "segmenter":
         train_segmenter(args)
     elif args.what == "export":
         export_generator(Path(args.checkpoint), args.seed, Path(args.weights) if args.weights else GENERATOR_WEIGHTS,
