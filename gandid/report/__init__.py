@@ -57,7 +57,9 @@ def write_report(out_dir, record: dict, analyses: dict, results: dict) -> Path:
              f"ended {esc(record.get('ended', ''))}; fused op: {esc(record.get('op_backend'))}; "
              f"device {esc(record.get('device'))}; gandid {esc(record.get('gandid_version'))}</p>",
              "<h2>Run configuration</h2>",
-             table(["option", "value"], [(k, json.dumps(v)) for k, v in cfg.items()])]
+             table(["option", "value"], [(k, json.dumps(v)) for k, v in cfg.items()]
+                   + ([("analysis options in effect", json.dumps(record["analysis_options"]))]
+                      if "analysis_options" in record else []))]
     if (out_dir / "samples.png").exists():
         parts += ["<h2>Samples</h2>", image("samples.png", "generated samples and their segmentation")]
     stage_rows = [(n, s.get("status"), f"{s.get('seconds', 0):.1f} s", s.get("error", ""))
