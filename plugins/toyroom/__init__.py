@@ -6,8 +6,8 @@ from gandid import hookimpl
 # (measured in README "What you will see"): per-unit ACE costs (1 + classes) x 128 units x samples
 # generated and segmented images, the DID 4 x samples per class. Give your own to look closer.
 DEFAULT_RUN_OPTIONS = {
-    "ace": {"samples": 8, "context_locations": 8, "alpha_steps": 10, "alpha_samples": 4},
-    "did": {"samples": 64},
+    "ace": {"min_area": 0.005, "context_locations": 8, "alpha_steps": 10, "alpha_samples": 4},
+    "did": {"samples": 128},
 }
 
 
