@@ -87,3 +87,26 @@ def test_shipped_generator_draws_rooms_with_objects():
     objects = [n for n in LABELS if n not in ("wall", "floor", "ceiling")
                and result[n]["generated"]["image_share"] >= 0.2 and result[n]["generated"]["pixel_share"] >= 0.003]
     assert len(objects) >= 5, {n: result[n]["generated"] for n in LABELS}
+
+
+@pytest.mark.skipif(not GENERATOR_WEIGHTS.exists(), reason="the toyroom generator has not been trained yet")
+def test_default_run_end_to_end_on_the_shipped_models(tmp_path):
+    """`gandid run` with the defaults (toyroom generator and segmenter, every analysis), scaled down."""
+    import json
+
+    from gandid.config import RunConfig
+    from gandid.runner import run
+
+    # the analyses named: the tests put a test kit with more analyses on the path
+    cfg = RunConfig(samples=16, out=str(tmp_path / "out"), device="cpu",
+                    analysis=["dissect", "ace", "did", "entangle"], analysis_options={
+        "ace": {"samples": 2, "classes": ["lamp", "plant"], "top_k": 4, "alpha_steps": 2},
+        "did": {"samples": 8, "top_k": 4, "resamples": 100}})
+    result = run(cfg)
+    assert result.status == "completed" and not result.errors, result.errors
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["layers"] == ["layer5"]
+    assert record["analysis_options"]["ace"]["samples"] == 2  # the user's over the generator's suggestion
+    assert record["analysis_options"]["ace"]["context_locations"] == 8  # the suggestion where the user gave none
+    assert set(result.results["entangle"]["classes"]) == {"lamp", "plant"}
+    assert (tmp_path / "out" / "report.html").exists()
