@@ -200,3 +200,11 @@ def test_entangle_calls_the_planted_classes(ace_result):
     assert result.results["entangle"]["classes"]["blue"]["remaining_fraction"] > 0.99
     assert result.results["did"]["classes"]["blue"]["units"][0] in range(4, 12)  # a blue unit was ablated
     assert (out / "entangle.png").exists()
+
+
+def test_ace_curve_points_ladder_and_explicit_ks():
+    from gandid_plugins.ace import ACE
+
+    assert ACE(top_k=20).curve_points(128) == [1, 2, 3, 5, 8, 13, 20]
+    assert ACE(top_k=20).curve_points(6) == [1, 2, 3, 5, 6]  # fewer units than top_k
+    assert ACE(top_k=10, curve_ks=[4, 1, 4, 30, 0]).curve_points(128) == [1, 4]  # sorted, deduplicated, in range
