@@ -6,16 +6,28 @@
 #include "cuda/intervene_cuda.h"
 
 namespace gandid {
+namespace {
 
-void forward_cuda(const InterveneParams<float>* pf, const InterveneParams<double>* pd, DType dtype,
-                  bool channels_last, const at::Tensor& x, at::Tensor& y, at::Tensor& beta_out) {
+template <typename acc_t>
+void launch_checked(const InterveneParams<acc_t>& prm, DType dtype, bool channels_last, const at::Tensor& x,
+                    at::Tensor& y, at::Tensor& beta_out) {
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
-  const cudaError_t err = pf ? intervene_pixelnorm_cuda(*pf, dtype, channels_last, x.data_ptr(), y.data_ptr(),
-                                                        beta_out.data_ptr(), stream)
-                             : intervene_pixelnorm_cuda(*pd, dtype, channels_last, x.data_ptr(), y.data_ptr(),
-                                                        beta_out.data_ptr(), stream);
+  const cudaError_t err =
+      intervene_pixelnorm_cuda(prm, dtype, channels_last, x.data_ptr(), y.data_ptr(), beta_out.data_ptr(), stream);
   TORCH_CHECK(err == cudaSuccess, "intervene_pixelnorm: CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+}  // namespace
+
+void forward_cuda(const InterveneParams<float>& prm, DType dtype, bool channels_last, const at::Tensor& x,
+                  at::Tensor& y, at::Tensor& beta_out) {
+  launch_checked(prm, dtype, channels_last, x, y, beta_out);
+}
+
+void forward_cuda(const InterveneParams<double>& prm, DType dtype, bool channels_last, const at::Tensor& x,
+                  at::Tensor& y, at::Tensor& beta_out) {
+  launch_checked(prm, dtype, channels_last, x, y, beta_out);
 }
 
 }  // namespace gandid

@@ -18,6 +18,7 @@ namespace gandid {
 // same pixel. With beta_in, or without beta_src, every row is a group of one.
 template <typename acc_t>
 struct InterveneParams {
+  using acc_type = acc_t;
   int64_t N = 0, C = 0, HW = 0;
   const acc_t* alpha = nullptr;       // (C,) per-unit strength; nullptr: no intervention
   const acc_t* value = nullptr;       // (C,) insertion values; nullptr: ablation (k = 0)

@@ -1,11 +1,6 @@
 """intervene_pixelnorm: every backend against a float64 naive loop, on fresh random inputs.
 
-Tolerances are per element and follow the conditioning (see assert_matches): an error in x' is
-bounded by TOL * max(|x|, |k|) at that pixel, y = x' / d divides it by the divisor d, and
-the divisor's own error (from its row's magnitudes) scales y. TOL:
-float32 2e-6 (a few roundings of x', 1/β and a float32 sum over up to 600 channels), float64 1e-12,
-float16 2e-3 and bfloat16 1.6e-2 (one rounding of the output, 2^-10 and 2^-7 relative; the naive
-loop sees the same rounded input).
+Tolerances per dtype: see op_cases.TOL.
 """
 import os
 import shutil
@@ -19,33 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gandid.ops import backend_name, build, intervene_pixelnorm, intervene_pixelnorm_reference
-from op_cases import naive, random_case
+from op_cases import assert_matches, naive, random_case
 
-TOL = {torch.float32: 2e-6, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 BACKENDS = ["ext", "reference"]
-
-
-def assert_matches(x, kw, y, beta, y_ref, beta_ref, dtype):
-    """Per-element bounds that follow the conditioning: rounding errors in x' scale with the
-    magnitudes at that pixel (|x|, |k|), and y = x' / d amplifies them by 1 / d."""
-    xa = x.double().abs()
-    mag = xa.amax(dim=1, keepdim=True)
-    if kw.get("value") is not None:
-        mag = torch.maximum(mag, kw["value"].double().abs().max().expand_as(mag))
-    tol = TOL[dtype]
-    if not kw.get("normalize", True):
-        divisor, divisor_rel = torch.ones_like(beta_ref), 0
-    elif kw.get("beta_in") is not None:
-        divisor, divisor_rel = kw["beta_in"].double(), 0
-    else:
-        src = kw["beta_src"] if kw.get("beta_src") is not None else torch.arange(len(x))
-        divisor = beta_ref[src]
-        divisor_rel = tol * (mag[src] / divisor)  # the divisor's own relative error, from its row
-    y_bound = tol * (y_ref.abs() + mag / divisor) + y_ref.abs() * divisor_rel + 1e-30
-    y_err = ((y.double() - y_ref).abs() / y_bound).max()
-    assert y_err <= 1, f"y: error {float(y_err):.3g} x the bound ({tol} relative)"
-    b_err = ((beta.double() - beta_ref).abs() / (tol * (beta_ref + mag))).max()
-    assert b_err <= 1, f"beta: error {float(b_err):.3g} x the bound ({tol} relative)"
 
 
 case_args = st.fixed_dictionaries({

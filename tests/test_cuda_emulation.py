@@ -1,0 +1,110 @@
+"""The CUDA kernels, run on the host under an emulation of the CUDA thread model, against the float64 loop.
+
+No GPU has been lent to this project's sessions so far, so the kernels in csrc/cuda are checked
+here instead: tests/cuda_emulation/emulator.cpp compiles them with the host compiler, supplies
+threadIdx/blockIdx/warp shuffles (32 lanes in lockstep at every shuffle) and runs the production
+launch shape. The whole Python path of the op runs unchanged, with the emulator standing in for
+the extension. Checked: indexing, row groups and β borrowing, masks, dtype conversions, the
+grid. Not checked: the CUDA runtime, coalescing, speed (tests/test_ops.py::test_cuda_* on a GPU).
+"""
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gandid.ops import build, intervene_pixelnorm
+from op_cases import assert_matches, naive, random_case
+
+HERE = Path(__file__).resolve().parent
+
+
+def cuda_include_dir() -> Path | None:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    candidates = [Path(CUDA_HOME) / "include"] if CUDA_HOME else []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(Path(nvcc).resolve().parent.parent / "include")
+    candidates.append(Path("/usr/local/cuda/include"))
+    return next((d for d in candidates if (d / "cuda_fp16.h").exists()), None)
+
+
+CUDA_INCLUDE = cuda_include_dir()
+pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None, reason="the CUDA toolkit's headers (cuda_fp16.h) are absent")
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    from torch.utils.cpp_extension import load
+
+    csrc = build.csrc_dir()
+    sources = [HERE / "cuda_emulation" / "emulator.cpp", csrc / "cuda" / "intervene_kernels.cuh",
+               csrc / "intervene.h", csrc / "glue.h", csrc / "dtype.h"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + torch.__version__.encode()).hexdigest()[:16]
+    name = f"gandid_cuda_emulator_{digest}"
+    build_dir = build.cache_root() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return load(name=name, sources=[str(sources[0])], build_directory=str(build_dir),
+                extra_include_paths=[str(csrc), str(CUDA_INCLUDE)], extra_cflags=["-O2"])
+
+
+@pytest.fixture
+def emulated(emulator, monkeypatch):
+    """intervene_pixelnorm(backend='ext') runs the emulated CUDA kernels."""
+    monkeypatch.setattr(build, "_module", emulator)
+    return emulator
+
+
+def _layout(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_emulated_cuda_kernels_match_naive_loop(emulated, dtype, channels_last):
+    # The same cases as test_ops.py::test_cuda_matches_naive_loop, plus plain and DID ones.
+    cases = [((4, 512, 8, 8), dict(value=True, region="per_row", rows=True, beta_src="random")),
+             ((9, 37, 5, 33), dict(value=False, region="per_row", rows=True, beta_src="random")),
+             ((8, 600, 3, 1), dict(value=True, region="per_row", rows=True, beta_src="did")),
+             ((1, 1, 1, 1), dict(value=False, region="per_row", rows=True, beta_src="random", beta_in=True)),
+             ((8, 33, 7, 6), dict(value=True, region="shared", beta_src="did")),
+             ((3, 70, 4, 4), dict(alpha=False, normalize=False)),
+             ((5, 16, 9, 2), dict(region="none", rows=True))]
+    for seed, (shape, options) in enumerate(cases):
+        x, kw = random_case(seed, *shape, dtype=dtype, channels_last=channels_last, **options)
+        y_ref, beta_ref = naive(x, **kw)
+        y, beta = intervene_pixelnorm(x, backend="ext", **kw)
+        assert y.is_contiguous(memory_format=_layout(channels_last))
+        assert_matches(x, kw, y, beta, y_ref, beta_ref, dtype)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_emulation_runs_the_production_grid(emulated, channels_last):
+    # The kernels really ran under the emulator, on the grid intervene_cuda.cu launches: one thread
+    # per (group, pixel) in NCHW, one warp per (group, pixel) in NHWC with a 5-step shuffle sum.
+    n, h, w = 6, 5, 7
+    x, kw = random_case(11, n, 40, h, w, channels_last=channels_last, beta_src="random")
+    groups = len(torch.unique(kw["beta_src"]))
+    y, _ = intervene_pixelnorm(x, backend="ext", out=torch.full_like(x, float("nan")),
+                               beta_out=x.new_full((n, 1, h, w), float("nan")), **kw)
+    assert not torch.isnan(y).any()
+    blocks, threads, warps, shuffles = emulated.last_launch()
+    threads_needed = groups * h * w * (32 if channels_last else 1)
+    assert threads == 256 and blocks == -(-threads_needed // 256) and warps == blocks * threads // 32
+    if channels_last:
+        busy_warps = groups * h * w
+        assert shuffles == 5 * n * h * w and busy_warps <= warps
+    else:
+        assert shuffles == 0
+
+
+def test_emulated_kernels_fill_every_output_element(emulated):
+    # NaN-filled outputs: a pixel or channel the grid missed would stay NaN.
+    for channels_last in (False, True):
+        x, kw = random_case(3, 7, 65, 11, 3, channels_last=channels_last, value=True, region="shared")
+        out = torch.full_like(x, float("nan"))
+        beta_out = x.new_full((7, 1, 11, 3), float("nan"))
+        intervene_pixelnorm(x, backend="ext", out=out, beta_out=beta_out, **kw)
+        assert not torch.isnan(out).any() and not torch.isnan(beta_out).any()
