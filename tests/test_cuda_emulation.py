@@ -81,23 +81,30 @@ def test_emulated_cuda_kernels_match_naive_loop(emulated, dtype, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_emulation_runs_the_production_grid(emulated, channels_last):
-    # The kernels really ran under the emulator, on the grid intervene_cuda.cu launches: one thread
-    # per (group, pixel) in NCHW, one warp per (group, pixel) in NHWC with a 5-step shuffle sum.
-    n, h, w = 6, 5, 7
-    x, kw = random_case(11, n, 40, h, w, channels_last=channels_last, beta_src="random")
+@pytest.mark.parametrize("shape", [(6, 40, 5, 7), (3, 1000, 4, 5), (2, 24, 40, 30)])
+def test_emulation_runs_the_production_grid(emulated, channels_last, shape):
+    # The kernels really ran under the emulator, on the grid intervene_cuda.cu launches. NHWC: one
+    # warp per (group, pixel), a 5-step shuffle sum per row and pixel. NCHW: one block per (group,
+    # tile of P pixels), two barriers per row; the tile of x is staged in shared memory unless
+    # it is too large (1000 float32 channels x 16 pixels), and the result is the same either way.
+    n, c, h, w = shape
+    x, kw = random_case(11, n, c, h, w, channels_last=channels_last, value=True, region="shared",
+                        beta_src="random")
     groups = len(torch.unique(kw["beta_src"]))
-    y, _ = intervene_pixelnorm(x, backend="ext", out=torch.full_like(x, float("nan")),
-                               beta_out=x.new_full((n, 1, h, w), float("nan")), **kw)
-    assert not torch.isnan(y).any()
-    blocks, threads, warps, shuffles = emulated.last_launch()
-    threads_needed = groups * h * w * (32 if channels_last else 1)
-    assert threads == 256 and blocks == -(-threads_needed // 256) and warps == blocks * threads // 32
+    y, beta = intervene_pixelnorm(x, backend="ext", out=torch.full_like(x, float("nan")),
+                                  beta_out=x.new_full((n, 1, h, w), float("nan")), **kw)
+    assert_matches(x, kw, y, beta, *naive(x, **kw), torch.float32)
+    launch = emulated.last_launch()
+    assert launch["threads"] == 256
     if channels_last:
-        busy_warps = groups * h * w
-        assert shuffles == 5 * n * h * w and busy_warps <= warps
+        assert launch["blocks"] == -(-groups * h * w * 32 // 256)
+        assert launch["shuffles"] == 5 * n * h * w and launch["barriers"] == 0 and launch["shared_bytes"] == 0
     else:
-        assert shuffles == 0
+        tiles = -(-h * w // launch["pixels_per_block"])
+        assert launch["blocks"] == groups * tiles
+        assert launch["barriers"] == 2 * n * tiles and launch["shuffles"] == 0
+        staged = launch["shared_bytes"] > (256 + 2 * launch["pixels_per_block"]) * 4
+        assert staged == (c * launch["pixels_per_block"] * 4 <= 40 * 1024)
 
 
 def test_emulated_kernels_fill_every_output_element(emulated):

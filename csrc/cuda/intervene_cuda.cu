@@ -8,7 +8,7 @@ namespace {
 template <typename scalar_t, typename acc_t>
 cudaError_t launch(const InterveneParams<acc_t>& prm, bool channels_last, const void* x, void* y, void* beta,
                    cudaStream_t stream) {
-  const cuda_kernels::LaunchShape shape = cuda_kernels::launch_shape(prm, channels_last);
+  const cuda_kernels::LaunchShape shape = cuda_kernels::launch_shape<scalar_t>(prm, channels_last);
   if (shape.blocks == 0) return cudaSuccess;
   const auto* xs = static_cast<const scalar_t*>(x);
   auto* ys = static_cast<scalar_t*>(y);
@@ -16,7 +16,8 @@ cudaError_t launch(const InterveneParams<acc_t>& prm, bool channels_last, const 
   if (channels_last)
     cuda_kernels::nhwc_kernel<scalar_t, acc_t><<<shape.blocks, shape.threads, 0, stream>>>(prm, xs, ys, bs);
   else
-    cuda_kernels::nchw_kernel<scalar_t, acc_t><<<shape.blocks, shape.threads, 0, stream>>>(prm, xs, ys, bs);
+    cuda_kernels::nchw_kernel<scalar_t, acc_t>
+        <<<shape.blocks, shape.threads, shape.shared_bytes, stream>>>(prm, xs, ys, bs, shape.nchw);
   return cudaGetLastError();
 }
 

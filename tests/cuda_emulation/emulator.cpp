@@ -1,121 +1,177 @@
 // Runs gandid's CUDA kernels (csrc/cuda/intervene_kernels.cuh) on the host, for machines without a
 // GPU. The kernels are compiled by the host compiler as plain functions; this file supplies the
-// CUDA built-ins they use (threadIdx, blockIdx, blockDim, __shfl_xor_sync) and a launcher that
-// runs the production grid (launch_shape) warp by warp. The 32 lanes of a warp are user-level
-// contexts (ucontext) on one OS thread: each lane runs until its next warp shuffle, and the
-// shuffle's values are exchanged once all 32 lanes have reached it, as in lockstep hardware.
-// Lanes that diverge at a shuffle (some finished, some waiting) are reported as an error.
+// CUDA built-ins they use (threadIdx, blockIdx, blockDim, __shfl_xor_sync, __syncthreads, dynamic
+// shared memory) and a launcher that runs the production grid (launch_shape) block by block. The
+// threads of a block are user-level contexts (ucontext) on one OS thread: each runs until its next
+// warp shuffle or barrier, a shuffle's values are exchanged once all 32 lanes of the warp have
+// reached it, and a barrier opens once every thread of the block has reached it, as on hardware.
+// Between two meeting points the threads run in a fresh random order every round, so a missing
+// barrier (one thread reading shared memory another has not written yet) shows up as wrong output.
+// Threads that cannot all meet (lanes diverging at a shuffle, a barrier some threads skip) are
+// reported as errors instead of hanging.
 //
-// What this checks: the kernels' indexing, row groups, β borrowing, masks, dtype conversions and
-// the launch shape, against the same float64 loop as every other backend. What it cannot check:
-// the CUDA runtime, memory coalescing, speed and the torch-side glue of cuda_glue.cpp.
+// What this checks: the kernels' indexing, row groups, β borrowing, masks, dtype conversions,
+// shared-memory layout and the launch shape, against the same float64 loop as every other backend.
+// What it cannot check: the CUDA runtime, memory coalescing, speed and cuda_glue.cpp.
 #include <ucontext.h>
 #include <vector_types.h>
 
-#include <array>
 #include <cstring>
+#include <algorithm>
 #include <functional>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-// The CUDA built-ins of the lane that is running (one OS thread: the scheduler sets them before
-// resuming a lane).
+// The CUDA built-ins of the thread that is running (one OS thread: the scheduler sets them before
+// resuming a thread).
 uint3 threadIdx{0, 0, 0};
 uint3 blockIdx{0, 0, 0};
 dim3 blockDim{1, 1, 1};
 
+namespace gandid {
+namespace cuda_kernels {
+// The dynamic shared memory the kernels declare (extern __shared__): one block runs at a time.
+alignas(16) unsigned char gandid_smem[96 * 1024];
+}  // namespace cuda_kernels
+}  // namespace gandid
+
 namespace emu {
 
 constexpr int kWarp = 32;
-constexpr size_t kStack = 256 * 1024;
+constexpr size_t kStack = 64 * 1024;
 
-enum class LaneState { kRunning, kAtShuffle, kDone };
+enum class State { kRunning, kAtShuffle, kAtBarrier, kDone };
 
-struct Warp {
+struct Block {
   ucontext_t scheduler;
-  std::array<ucontext_t, kWarp> lanes;
-  std::array<std::vector<char>, kWarp> stacks;
-  std::array<LaneState, kWarp> state;
-  std::array<double, kWarp> posted, exchanged;  // values at the current shuffle
-  std::array<unsigned, kWarp> masks;
+  std::vector<ucontext_t> threads;
+  std::vector<std::vector<char>> stacks;
+  std::vector<State> state;
+  std::vector<double> posted, exchanged;  // values at the current shuffle, per thread
+  std::vector<unsigned> masks;
   int current = 0;
   const std::function<void()>* body = nullptr;
 };
 
-Warp& warp() {
-  static Warp w;
-  return w;
+Block& block() {
+  static Block b;
+  return b;
 }
 
 struct Counters {
-  int64_t blocks = 0, threads = 0, warps = 0, shuffles = 0;
+  int64_t blocks = 0, threads = 0, shared_bytes = 0, pixels = 0, shuffles = 0, barriers = 0;
 };
 Counters counters;
 
-void lane_main() {
-  Warp& w = warp();
-  (*w.body)();
-  w.state[w.current] = LaneState::kDone;
-  // returning resumes uc_link, the scheduler
+void thread_main() {
+  Block& b = block();
+  (*b.body)();
+  b.state[b.current] = State::kDone;  // returning resumes uc_link, the scheduler
 }
 
-// Runs body once per thread of a grid of `blocks` x `threads` (threads a multiple of 32).
-void launch(int64_t blocks, int threads, const std::function<void()>& body) {
+void fail(int64_t block_index, const std::string& what) {
+  throw std::runtime_error("emulator: block " + std::to_string(block_index) + ": " + what);
+}
+
+// Runs body once per thread of a grid of `blocks` x `threads` (a multiple of 32), one block at a
+// time, with `shared_bytes` of dynamic shared memory.
+void launch(int64_t blocks, int threads, size_t shared_bytes, const std::function<void()>& body) {
   if (threads % kWarp != 0) throw std::invalid_argument("emulator: threads per block must be a multiple of 32");
-  Warp& w = warp();
-  w.body = &body;
+  if (shared_bytes > sizeof(gandid::cuda_kernels::gandid_smem))
+    throw std::invalid_argument("emulator: the launch asks for more shared memory than the emulator has");
+  Block& b = block();
+  b.body = &body;
+  b.threads.resize(threads);
+  b.stacks.resize(threads);
+  b.state.assign(threads, State::kRunning);
+  b.posted.assign(threads, 0);
+  b.exchanged.assign(threads, 0);
+  b.masks.assign(threads, 0);
   blockDim = dim3(threads, 1, 1);
-  counters = {blocks, threads, 0, 0};
-  const int64_t warps = blocks * (threads / kWarp);
-  for (int64_t wi = 0; wi < warps; ++wi) {
-    const int64_t first_thread = wi * kWarp;
-    for (int lane = 0; lane < kWarp; ++lane) {
-      w.stacks[lane].resize(kStack);
-      getcontext(&w.lanes[lane]);
-      w.lanes[lane].uc_stack.ss_sp = w.stacks[lane].data();
-      w.lanes[lane].uc_stack.ss_size = kStack;
-      w.lanes[lane].uc_link = &w.scheduler;
-      makecontext(&w.lanes[lane], lane_main, 0);
-      w.state[lane] = LaneState::kRunning;
+  counters.blocks = blocks;
+  counters.threads = threads;
+  counters.shared_bytes = static_cast<int64_t>(shared_bytes);
+  counters.shuffles = counters.barriers = 0;
+  std::vector<int> order(threads);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937 rng(12345);
+  for (int64_t bi = 0; bi < blocks; ++bi) {
+    // Garbage in shared memory, as on hardware: a kernel must not read what it did not write.
+    std::memset(gandid::cuda_kernels::gandid_smem, 0x7f, shared_bytes);
+    for (int t = 0; t < threads; ++t) {
+      b.stacks[t].resize(kStack);
+      getcontext(&b.threads[t]);
+      b.threads[t].uc_stack.ss_sp = b.stacks[t].data();
+      b.threads[t].uc_stack.ss_size = kStack;
+      b.threads[t].uc_link = &b.scheduler;
+      makecontext(&b.threads[t], thread_main, 0);
+      b.state[t] = State::kRunning;
     }
     while (true) {
-      for (int lane = 0; lane < kWarp; ++lane) {
-        if (w.state[lane] == LaneState::kDone) continue;
-        w.state[lane] = LaneState::kRunning;
-        w.current = lane;
-        blockIdx = uint3{static_cast<unsigned>((first_thread + lane) / threads), 0, 0};
-        threadIdx = uint3{static_cast<unsigned>((first_thread + lane) % threads), 0, 0};
-        swapcontext(&w.scheduler, &w.lanes[lane]);
+      std::shuffle(order.begin(), order.end(), rng);
+      for (const int t : order) {
+        if (b.state[t] != State::kRunning) continue;
+        b.current = t;
+        blockIdx = uint3{static_cast<unsigned>(bi), 0, 0};
+        threadIdx = uint3{static_cast<unsigned>(t), 0, 0};
+        swapcontext(&b.scheduler, &b.threads[t]);
       }
-      int done = 0, waiting = 0;
-      for (int lane = 0; lane < kWarp; ++lane) {
-        done += w.state[lane] == LaneState::kDone;
-        waiting += w.state[lane] == LaneState::kAtShuffle;
+      int done = 0, at_barrier = 0;
+      bool released = false;
+      for (int t = 0; t < threads; ++t) {
+        done += b.state[t] == State::kDone;
+        at_barrier += b.state[t] == State::kAtBarrier;
       }
-      if (done == kWarp) break;
-      if (waiting != kWarp)
-        throw std::runtime_error("emulator: lanes of warp " + std::to_string(wi) + " diverged at a shuffle (" +
-                                 std::to_string(waiting) + " waiting, " + std::to_string(done) + " finished)");
-      for (int lane = 0; lane < kWarp; ++lane)
-        if (w.masks[lane] != 0xffffffffu) throw std::runtime_error("emulator: a shuffle with a partial lane mask");
-      w.exchanged = w.posted;
-      ++counters.shuffles;
+      if (done == threads) break;
+      for (int w = 0; w < threads / kWarp; ++w) {
+        int waiting = 0;
+        for (int t = w * kWarp; t < (w + 1) * kWarp; ++t) waiting += b.state[t] == State::kAtShuffle;
+        if (waiting == 0) continue;
+        if (waiting != kWarp) {
+          bool blocked = true;  // the other lanes cannot reach the shuffle any more
+          for (int t = w * kWarp; t < (w + 1) * kWarp; ++t) blocked &= b.state[t] != State::kRunning;
+          if (blocked) fail(bi, "lanes of warp " + std::to_string(w) + " diverged at a shuffle");
+          continue;
+        }
+        for (int t = w * kWarp; t < (w + 1) * kWarp; ++t) {
+          if (b.masks[t] != 0xffffffffu) fail(bi, "a shuffle with a partial lane mask");
+          b.exchanged[t] = b.posted[t];
+          b.state[t] = State::kRunning;
+        }
+        ++counters.shuffles;
+        released = true;
+      }
+      if (released) continue;
+      if (at_barrier == threads) {
+        for (int t = 0; t < threads; ++t) b.state[t] = State::kRunning;
+        ++counters.barriers;
+        continue;
+      }
+      fail(bi, std::to_string(at_barrier) + " threads wait at __syncthreads, " + std::to_string(done) +
+                   " have finished: they can never all meet");
     }
-    ++counters.warps;
   }
+}
+
+void wait(State why) {
+  Block& b = block();
+  b.state[b.current] = why;
+  swapcontext(&b.threads[b.current], &b.scheduler);
 }
 
 template <typename T>
 T shfl_xor(unsigned mask, T value, int lane_mask) {
   static_assert(sizeof(T) <= sizeof(double), "emulator: shuffles of up to 8 bytes");
-  Warp& w = warp();
-  const int lane = w.current;
-  w.posted[lane] = static_cast<double>(value);
-  w.masks[lane] = mask;
-  w.state[lane] = LaneState::kAtShuffle;
-  swapcontext(&w.lanes[lane], &w.scheduler);  // back here once every lane has posted its value
-  return static_cast<T>(w.exchanged[lane ^ lane_mask]);
+  Block& b = block();
+  const int t = b.current;
+  b.posted[t] = static_cast<double>(value);
+  b.masks[t] = mask;
+  wait(State::kAtShuffle);  // back here once every lane of the warp has posted its value
+  const int warp_base = t - t % kWarp;
+  return static_cast<T>(b.exchanged[warp_base + ((t % kWarp) ^ lane_mask)]);
 }
 
 }  // namespace emu
@@ -126,6 +182,8 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
   return emu::shfl_xor(mask, value, lane_mask);
 }
 
+void __syncthreads() { emu::wait(emu::State::kAtBarrier); }
+
 #include "cuda/intervene_kernels.cuh"
 #include "glue.h"
 
@@ -135,7 +193,7 @@ namespace {
 template <typename scalar_t, typename acc_t>
 void run_kernels(const InterveneParams<acc_t>& prm, bool channels_last, const at::Tensor& x, at::Tensor& y,
                  at::Tensor& beta_out) {
-  const auto shape = cuda_kernels::launch_shape(prm, channels_last);
+  const auto shape = cuda_kernels::launch_shape<scalar_t>(prm, channels_last);
   const auto* xs = reinterpret_cast<const scalar_t*>(x.data_ptr());
   auto* ys = reinterpret_cast<scalar_t*>(y.data_ptr());
   auto* bs = reinterpret_cast<scalar_t*>(beta_out.data_ptr());
@@ -143,9 +201,10 @@ void run_kernels(const InterveneParams<acc_t>& prm, bool channels_last, const at
     if (channels_last)
       cuda_kernels::nhwc_kernel<scalar_t, acc_t>(prm, xs, ys, bs);
     else
-      cuda_kernels::nchw_kernel<scalar_t, acc_t>(prm, xs, ys, bs);
+      cuda_kernels::nchw_kernel<scalar_t, acc_t>(prm, xs, ys, bs, shape.nchw);
   };
-  emu::launch(shape.blocks, shape.threads, body);
+  emu::counters.pixels = shape.nchw.pixels;
+  emu::launch(shape.blocks, shape.threads, shape.shared_bytes, body);
 }
 
 // Same signature and checks as the extension's forward_out, for CPU tensors, run by the CUDA
@@ -182,12 +241,14 @@ at::Tensor empty_like(const at::Tensor& x) {
 }  // namespace gandid
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace pybind11::literals;
   m.doc() = "gandid's CUDA kernels run on the host under an emulation of the CUDA thread model (tests only)";
   m.def("forward_out", &gandid::forward_out, "intervene + pixel norm by the CUDA kernels, emulated");
   m.def("empty_like", &gandid::empty_like, "uninitialised output like x");
   m.def("with_cuda", [] { return false; }, "no real CUDA here");
   m.def("last_launch", [] {
     const auto& c = emu::counters;
-    return std::make_tuple(c.blocks, c.threads, c.warps, c.shuffles);
-  }, "(blocks, threads per block, warps run, warp-wide shuffles) of the last emulated launch");
+    return pybind11::dict("blocks"_a = c.blocks, "threads"_a = c.threads, "shared_bytes"_a = c.shared_bytes,
+                          "pixels_per_block"_a = c.pixels, "shuffles"_a = c.shuffles, "barriers"_a = c.barriers);
+  }, "the last emulated launch: grid, shared memory, NCHW pixels per block, warp shuffles and barriers run");
 }
