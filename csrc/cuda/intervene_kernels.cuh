@@ -61,6 +61,7 @@ __global__ void nchw_kernel(const InterveneParams<acc_t> prm, const scalar_t* __
     const scalar_t* xr = x + r * C * HW + p;
     acc_t sum = 0;
     if (active) {
+#pragma unroll 4  // several loads in flight per thread
       for (int64_t c = slice; c < C; c += S) {
         const scalar_t raw = xr[c * HW];
         if (layout.staged) tile[c * P + px] = raw;
@@ -84,6 +85,7 @@ __global__ void nchw_kernel(const InterveneParams<acc_t> prm, const scalar_t* __
     if (active) {
       const acc_t inv = inverse[px];
       scalar_t* yr = y + r * C * HW + p;
+#pragma unroll 4
       for (int64_t c = slice; c < C; c += S) {
         const scalar_t raw = layout.staged ? tile[c * P + px] : xr[c * HW];
         const acc_t s = m != acc_t(0) ? prm.alpha[c] * m : acc_t(0);
