@@ -71,7 +71,8 @@ def test_emulated_cuda_kernels_match_naive_loop(emulated, dtype, channels_last):
              ((1, 1, 1, 1), dict(value=False, region="per_row", rows=True, beta_src="random", beta_in=True)),
              ((8, 33, 7, 6), dict(value=True, region="shared", beta_src="did")),
              ((3, 70, 4, 4), dict(alpha=False, normalize=False)),
-             ((5, 16, 9, 2), dict(region="none", rows=True))]
+             ((5, 16, 9, 2), dict(region="none", rows=True)),
+             ((6, 3, 7, 5), dict(value=True, region="per_row", beta_src="random"))]
     for seed, (shape, options) in enumerate(cases):
         x, kw = random_case(seed, *shape, dtype=dtype, channels_last=channels_last, **options)
         y_ref, beta_ref = naive(x, **kw)
@@ -81,12 +82,14 @@ def test_emulated_cuda_kernels_match_naive_loop(emulated, dtype, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", [(6, 40, 5, 7), (3, 1000, 4, 5), (2, 24, 40, 30)])
+@pytest.mark.parametrize("shape", [(6, 40, 5, 7), (3, 1000, 4, 5), (2, 24, 40, 30), (5, 16, 3, 7), (4, 3, 5, 5),
+                                   (3, 1, 2, 9)])
 def test_emulation_runs_the_production_grid(emulated, channels_last, shape):
-    # The kernels really ran under the emulator, on the grid intervene_cuda.cu launches. NHWC: one
-    # warp per (group, pixel), a 5-step shuffle sum per row and pixel. NCHW: one block per (group,
-    # tile of P pixels), two barriers per row; the tile of x is staged in shared memory unless
-    # it is too large (1000 float32 channels x 16 pixels), and the result is the same either way.
+    # The kernels really ran under the emulator, on the grid intervene_cuda.cu launches. NHWC: L
+    # lanes per pixel (C rounded up to a power of two, at most 32), so a warp takes 32 / L pixels
+    # of one group, and log2(L) shuffle steps per row and warp. NCHW: one block per (group, tile
+    # of P pixels), two barriers per row; the tile of x is staged in shared memory unless it is too
+    # large (1000 float32 channels x 16 pixels), and the result is the same either way.
     n, c, h, w = shape
     x, kw = random_case(11, n, c, h, w, channels_last=channels_last, value=True, region="shared",
                         beta_src="random")
@@ -96,9 +99,13 @@ def test_emulation_runs_the_production_grid(emulated, channels_last, shape):
     assert_matches(x, kw, y, beta, *naive(x, **kw), torch.float32)
     launch = emulated.last_launch()
     assert launch["threads"] == 256
-    if channels_last:
-        assert launch["blocks"] == -(-groups * h * w * 32 // 256)
-        assert launch["shuffles"] == 5 * n * h * w and launch["barriers"] == 0 and launch["shared_bytes"] == 0
+    if channels_last and not x.is_contiguous():  # with one channel the two layouts coincide: NCHW runs
+        lanes = launch["lanes_per_pixel"]
+        assert lanes == min(32, 1 << (c - 1).bit_length())
+        warps_per_group = -(-h * w // (32 // lanes))
+        assert launch["blocks"] == -(-groups * warps_per_group * 32 // 256)
+        assert launch["shuffles"] == n * warps_per_group * (lanes.bit_length() - 1)
+        assert launch["barriers"] == 0 and launch["shared_bytes"] == 0
     else:
         tiles = -(-h * w // launch["pixels_per_block"])
         assert launch["blocks"] == groups * tiles

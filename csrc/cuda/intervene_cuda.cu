@@ -14,7 +14,8 @@ cudaError_t launch(const InterveneParams<acc_t>& prm, bool channels_last, const 
   auto* ys = static_cast<scalar_t*>(y);
   auto* bs = static_cast<scalar_t*>(beta);
   if (channels_last)
-    cuda_kernels::nhwc_kernel<scalar_t, acc_t><<<shape.blocks, shape.threads, 0, stream>>>(prm, xs, ys, bs);
+    cuda_kernels::nhwc_kernel<scalar_t, acc_t>
+        <<<shape.blocks, shape.threads, 0, stream>>>(prm, xs, ys, bs, shape.nhwc_lanes);
   else
     cuda_kernels::nchw_kernel<scalar_t, acc_t>
         <<<shape.blocks, shape.threads, shape.shared_bytes, stream>>>(prm, xs, ys, bs, shape.nchw);

@@ -62,7 +62,7 @@ Block& block() {
 }
 
 struct Counters {
-  int64_t blocks = 0, threads = 0, shared_bytes = 0, pixels = 0, shuffles = 0, barriers = 0;
+  int64_t blocks = 0, threads = 0, shared_bytes = 0, pixels = 0, lanes = 0, shuffles = 0, barriers = 0;
 };
 Counters counters;
 
@@ -199,11 +199,12 @@ void run_kernels(const InterveneParams<acc_t>& prm, bool channels_last, const at
   auto* bs = reinterpret_cast<scalar_t*>(beta_out.data_ptr());
   const std::function<void()> body = [&] {
     if (channels_last)
-      cuda_kernels::nhwc_kernel<scalar_t, acc_t>(prm, xs, ys, bs);
+      cuda_kernels::nhwc_kernel<scalar_t, acc_t>(prm, xs, ys, bs, shape.nhwc_lanes);
     else
       cuda_kernels::nchw_kernel<scalar_t, acc_t>(prm, xs, ys, bs, shape.nchw);
   };
   emu::counters.pixels = shape.nchw.pixels;
+  emu::counters.lanes = shape.nhwc_lanes;
   emu::launch(shape.blocks, shape.threads, shape.shared_bytes, body);
 }
 
@@ -249,6 +250,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("last_launch", [] {
     const auto& c = emu::counters;
     return pybind11::dict("blocks"_a = c.blocks, "threads"_a = c.threads, "shared_bytes"_a = c.shared_bytes,
-                          "pixels_per_block"_a = c.pixels, "shuffles"_a = c.shuffles, "barriers"_a = c.barriers);
-  }, "the last emulated launch: grid, shared memory, NCHW pixels per block, warp shuffles and barriers run");
+                          "pixels_per_block"_a = c.pixels, "lanes_per_pixel"_a = c.lanes, "shuffles"_a = c.shuffles, "barriers"_a = c.barriers);
+  }, "the last emulated launch: grid, shared memory, NCHW pixels per block, NHWC lanes per pixel, warp shuffles and barriers run");
 }
