@@ -29,14 +29,14 @@ bool with_cuda() {
 }
 
 // Writes y (x's shape and memory format) and beta_out ((N, 1, H, W) contiguous, x's dtype).
-// Auxiliary tensors are contiguous, on x's device, in the accumulation dtype (float64 for
-// float64 x, float32 otherwise); rows is bool; beta_src is int64. Python checks shapes.
+// Arguments as glue::prepare describes them (gandid/ops/fused.py passes them checked).
 void forward_out(const at::Tensor& x, const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& region,
                  const std::optional<at::Tensor>& value, const std::optional<at::Tensor>& rows,
-                 const std::optional<at::Tensor>& beta_src, const std::optional<at::Tensor>& beta_in, bool normalize,
-                 double eps, at::Tensor y, at::Tensor beta_out) {
+                 const std::optional<at::Tensor>& group_offsets, const std::optional<at::Tensor>& group_rows,
+                 const std::optional<at::Tensor>& beta_in, bool normalize, double eps, at::Tensor y,
+                 at::Tensor beta_out) {
   TORCH_CHECK(!x.is_cuda() || with_cuda(), "intervene_pixelnorm: this build of the extension has no CUDA support");
-  glue::prepare(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, y, beta_out,
+  glue::prepare(x, alpha, region, value, rows, group_offsets, group_rows, beta_in, normalize, eps, y, beta_out,
                 [&](const auto& prm, DType dtype, bool channels_last) {
                   if (x.is_cuda()) {
 #ifdef GANDID_WITH_CUDA

@@ -1,11 +1,9 @@
-// Torch glue shared by the extension and the CUDA emulation test: argument checks, row groups
-// from beta_src, and the kernels' parameters, handed to a backend callback.
+// Torch glue shared by the extension and the CUDA emulation test: argument checks and the kernels'
+// parameters, handed to a backend callback.
 #pragma once
 #include <torch/extension.h>
 
 #include <optional>
-#include <utility>
-#include <vector>
 
 #include "dtype.h"
 #include "intervene.h"
@@ -24,35 +22,6 @@ inline DType dtype_of(const at::Tensor& t) {
   }
 }
 
-// Rows grouped as [lender, its borrowers...] for every lender; each row appears exactly once.
-inline std::pair<at::Tensor, at::Tensor> row_groups(const std::optional<at::Tensor>& beta_src, int64_t N, bool borrow) {
-  auto opts = at::TensorOptions().dtype(at::kLong);
-  if (!borrow || !beta_src.has_value()) {
-    return {at::arange(N + 1, opts), at::arange(N, opts)};
-  }
-  const at::Tensor src = beta_src->to(at::kCPU, at::kLong).contiguous();
-  const int64_t* s = src.data_ptr<int64_t>();
-  std::vector<std::vector<int64_t>> borrowers(N);
-  for (int64_t n = 0; n < N; ++n) {
-    TORCH_CHECK(s[n] >= 0 && s[n] < N, "intervene_pixelnorm: beta_src[", n, "] = ", s[n], " is not a row in [0, ",
-                N, ")");
-    if (s[n] != n) {
-      TORCH_CHECK(s[s[n]] == s[n], "intervene_pixelnorm: beta_src chains are refused: row ", n, " borrows from row ",
-                  s[n], ", which itself borrows from row ", s[s[n]]);
-      borrowers[s[n]].push_back(n);
-    }
-  }
-  std::vector<int64_t> offsets{0}, rows;
-  rows.reserve(N);
-  for (int64_t n = 0; n < N; ++n) {
-    if (s[n] != n) continue;
-    rows.push_back(n);
-    rows.insert(rows.end(), borrowers[n].begin(), borrowers[n].end());
-    offsets.push_back(static_cast<int64_t>(rows.size()));
-  }
-  return {at::tensor(offsets, opts), at::tensor(rows, opts)};
-}
-
 template <typename acc_t>
 const acc_t* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<acc_t>() : nullptr;
@@ -62,7 +31,8 @@ template <typename acc_t>
 InterveneParams<acc_t> make_params(const at::Tensor& x, const std::optional<at::Tensor>& alpha,
                                    const std::optional<at::Tensor>& region, const std::optional<at::Tensor>& value,
                                    const std::optional<at::Tensor>& rows, const std::optional<at::Tensor>& beta_in,
-                                   const at::Tensor& offsets, const at::Tensor& grouped, bool normalize, double eps) {
+                                   const std::optional<at::Tensor>& group_offsets,
+                                   const std::optional<at::Tensor>& group_rows, bool normalize, double eps) {
   InterveneParams<acc_t> prm;
   prm.N = x.size(0);
   prm.C = x.size(1);
@@ -73,9 +43,9 @@ InterveneParams<acc_t> make_params(const at::Tensor& x, const std::optional<at::
   prm.region_rows = region.has_value() ? region->size(0) : 1;
   prm.rows = rows.has_value() ? reinterpret_cast<const uint8_t*>(rows->data_ptr<bool>()) : nullptr;
   prm.beta_in = ptr_or_null<acc_t>(beta_in);
-  prm.group_offsets = offsets.data_ptr<int64_t>();
-  prm.group_rows = grouped.data_ptr<int64_t>();
-  prm.groups = offsets.size(0) - 1;
+  prm.group_offsets = ptr_or_null<int64_t>(group_offsets);
+  prm.group_rows = ptr_or_null<int64_t>(group_rows);
+  prm.groups = group_offsets.has_value() ? group_offsets->size(0) - 1 : prm.N;
   prm.normalize = normalize;
   prm.eps = static_cast<acc_t>(eps);
   return prm;
@@ -90,15 +60,17 @@ inline void check_aux(const std::optional<at::Tensor>& t, const char* name, cons
   TORCH_CHECK(t->is_contiguous(), "intervene_pixelnorm: ", name, " must be contiguous");
 }
 
-// Checks the outputs and auxiliary tensors, groups the rows and calls
-// run(const InterveneParams<acc_t>& prm, DType dtype, bool channels_last) with acc_t = double for
-// float64 x and float for the rest. Auxiliary tensors are contiguous, on x's device, in the
-// accumulation dtype; rows is bool; beta_src is int64. Python checks shapes.
+// Checks the outputs and auxiliary tensors and calls run(const InterveneParams<acc_t>& prm, DType
+// dtype, bool channels_last) with acc_t = double for float64 x and float for the rest. Auxiliary
+// tensors are contiguous, on x's device, in the accumulation dtype; rows is bool. Row groups
+// (gandid/ops/groups.py) are int64: group_offsets (G + 1,) into group_rows (N,), lender first; both
+// absent when every row is its own group. Python checks shapes and beta_src's values.
 template <typename Run>
 void prepare(const at::Tensor& x, const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& region,
              const std::optional<at::Tensor>& value, const std::optional<at::Tensor>& rows,
-             const std::optional<at::Tensor>& beta_src, const std::optional<at::Tensor>& beta_in, bool normalize,
-             double eps, const at::Tensor& y, const at::Tensor& beta_out, Run&& run) {
+             const std::optional<at::Tensor>& group_offsets, const std::optional<at::Tensor>& group_rows,
+             const std::optional<at::Tensor>& beta_in, bool normalize, double eps, const at::Tensor& y,
+             const at::Tensor& beta_out, Run&& run) {
   TORCH_CHECK(x.dim() == 4, "intervene_pixelnorm: x must be (N, C, H, W), got ", x.sizes());
   const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(x.is_contiguous() || channels_last, "intervene_pixelnorm: x must be contiguous or channels_last");
@@ -118,15 +90,19 @@ void prepare(const at::Tensor& x, const std::optional<at::Tensor>& alpha, const 
   check_aux(rows, "rows", x, at::kBool);
   if (x.numel() == 0) return;
 
-  auto [offsets, grouped] = row_groups(beta_src, x.size(0), normalize && !beta_in.has_value());
-  offsets = offsets.to(x.device());
-  grouped = grouped.to(x.device());
+  TORCH_CHECK(group_offsets.has_value() == group_rows.has_value(),
+              "intervene_pixelnorm: group_offsets and group_rows come together");
+  check_aux(group_offsets, "group_offsets", x, at::kLong);
+  check_aux(group_rows, "group_rows", x, at::kLong);
+  TORCH_CHECK(!group_rows.has_value() || (group_rows->numel() == x.size(0) && group_offsets->dim() == 1 &&
+                                          group_offsets->numel() >= 2),
+              "intervene_pixelnorm: group_rows must list the ", x.size(0), " rows once, in groups");
   if (dtype == DType::kDouble)
-    run(make_params<double>(x, alpha, region, value, rows, beta_in, offsets, grouped, normalize, eps), dtype,
-        channels_last);
+    run(make_params<double>(x, alpha, region, value, rows, beta_in, group_offsets, group_rows, normalize, eps),
+        dtype, channels_last);
   else
-    run(make_params<float>(x, alpha, region, value, rows, beta_in, offsets, grouped, normalize, eps), dtype,
-        channels_last);
+    run(make_params<float>(x, alpha, region, value, rows, beta_in, group_offsets, group_rows, normalize, eps),
+        dtype, channels_last);
 }
 
 }  // namespace glue

@@ -15,7 +15,8 @@ namespace gandid {
 // Raw views of one call's arguments. Pointers are contiguous; nullptr means "argument absent".
 // Rows are processed in groups: a lender row (beta_src[r] == r) first, then the rows that borrow
 // its β. A borrowing row divides by the lender's β after the lender's own intervention, at the
-// same pixel. With beta_in, or without beta_src, every row is a group of one.
+// same pixel. With beta_in, or without borrowing rows, every row is a group of one and
+// group_offsets / group_rows are nullptr (no per-call index tensors).
 template <typename acc_t>
 struct InterveneParams {
   using acc_type = acc_t;
@@ -26,9 +27,9 @@ struct InterveneParams {
   int64_t region_rows = 1;            // 1 (shared by all rows) or N
   const uint8_t* rows = nullptr;      // (N,) 1 = intervened; nullptr: every row
   const acc_t* beta_in = nullptr;     // (N, HW) external β; overrides borrowing
-  const int64_t* group_offsets = nullptr;  // (groups + 1,) into group_rows
+  const int64_t* group_offsets = nullptr;  // (groups + 1,) into group_rows; nullptr: row g is group g
   const int64_t* group_rows = nullptr;     // (N,) row indices, lender first in each group
-  int64_t groups = 0;
+  int64_t groups = 0;                      // N when group_offsets is nullptr
   bool normalize = true;
   acc_t eps = acc_t(1e-8);
 };
@@ -51,6 +52,22 @@ GANDID_HD acc_t row_mask(const InterveneParams<acc_t>& prm, int64_t r, int64_t p
   if (prm.rows != nullptr && prm.rows[r] == 0) return acc_t(0);
   if (prm.region == nullptr) return acc_t(1);
   return prm.region[(prm.region_rows == 1 ? 0 : r) * prm.HW + p];
+}
+
+// Group g's rows are group_row(k) for k in [group_begin(g), group_end(g)), its lender first.
+template <typename acc_t>
+GANDID_HD int64_t group_begin(const InterveneParams<acc_t>& prm, int64_t g) {
+  return prm.group_offsets != nullptr ? prm.group_offsets[g] : g;
+}
+
+template <typename acc_t>
+GANDID_HD int64_t group_end(const InterveneParams<acc_t>& prm, int64_t g) {
+  return prm.group_offsets != nullptr ? prm.group_offsets[g + 1] : g + 1;
+}
+
+template <typename acc_t>
+GANDID_HD int64_t group_row(const InterveneParams<acc_t>& prm, int64_t k) {
+  return prm.group_rows != nullptr ? prm.group_rows[k] : k;
 }
 
 template <typename acc_t>

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gandid.ops import backend_name, build, intervene_pixelnorm, intervene_pixelnorm_reference
+from gandid.ops.groups import row_groups
 from op_cases import assert_matches, naive, random_case
 
 BACKENDS = ["ext", "reference"]
@@ -74,6 +75,32 @@ def test_borrowing_row_divides_by_lenders_beta_after_lenders_intervention():
         torch.testing.assert_close(y[1], x[1] / lender_beta)  # original units, lender's (ablated) β
         torch.testing.assert_close(beta[1], own_beta)  # the returned β is the row's own
         assert not torch.allclose(lender_beta, own_beta)
+
+
+def test_row_groups_put_each_lender_first_and_follow_in_place_changes():
+    src = torch.tensor([0, 0, 2, 2, 4, 0])
+    offsets, rows = row_groups(src, borrow=True)
+    assert offsets.tolist() == [0, 3, 5, 6] and rows.tolist() == [0, 1, 5, 2, 3, 4]
+    assert row_groups(src, borrow=True)[1] is rows  # computed once per tensor
+    assert row_groups(src, borrow=False) is None  # beta_in or normalize=False: every row alone
+    assert row_groups(torch.arange(4), borrow=True) is None  # nobody borrows
+    src[5] = 5  # an in-place change is seen
+    offsets, rows = row_groups(src, borrow=True)
+    assert offsets.tolist() == [0, 2, 4, 5, 6] and rows.tolist() == [0, 1, 2, 3, 4, 5]
+    src[1] = 3  # row 1 would borrow from row 3, which borrows from row 2
+    with pytest.raises(ValueError, match="chains are refused"):
+        row_groups(src, borrow=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_beta_src_changed_in_place_between_calls(backend):
+    x, kw = random_case(5, 6, 9, 3, 4, beta_src="random")
+    src = torch.tensor([0, 0, 2, 2, 4, 0])
+    for _ in range(2):
+        y, _ = intervene_pixelnorm(x, backend=backend, **{**kw, "beta_src": src})
+        y_ref, beta_ref = naive(x, **{**kw, "beta_src": src})
+        assert torch.allclose(y.double(), y_ref, rtol=1e-5, atol=1e-6)
+        src[1], src[5] = 1, 4
 
 
 def test_beta_in_overrides_beta_src_and_normalize_false_returns_intervened():

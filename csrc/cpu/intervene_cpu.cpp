@@ -76,9 +76,10 @@ void nchw_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, 
                scalar_t* __restrict beta_out, int64_t group, int64_t p0, int64_t len) {
   const int64_t C = prm.C, HW = prm.HW;
   acc_t acc[kMaxBlock], inv[kMaxBlock], mask[kMaxBlock], lender_beta[kMaxBlock];
-  for (int64_t k = prm.group_offsets[group]; k < prm.group_offsets[group + 1]; ++k) {
-    const int64_t r = prm.group_rows[k];
-    const bool lender = k == prm.group_offsets[group];
+  const int64_t first = group_begin(prm, group), last = group_end(prm, group);
+  for (int64_t k = first; k < last; ++k) {
+    const int64_t r = group_row(prm, k);
+    const bool lender = k == first;
     const bool touched = row_touched(prm, r);
     if (touched)
       for (int64_t p = 0; p < len; ++p) mask[p] = row_mask(prm, r, p0 + p);
@@ -122,9 +123,10 @@ void nhwc_task(const InterveneParams<acc_t>& prm, const scalar_t* __restrict x, 
   const acc_t* __restrict alpha = prm.alpha;
   const acc_t* __restrict value = prm.value;
   acc_t lender_beta[kMaxBlock];
-  for (int64_t k = prm.group_offsets[group]; k < prm.group_offsets[group + 1]; ++k) {
-    const int64_t r = prm.group_rows[k];
-    const bool lender = k == prm.group_offsets[group];
+  const int64_t first = group_begin(prm, group), last = group_end(prm, group);
+  for (int64_t k = first; k < last; ++k) {
+    const int64_t r = group_row(prm, k);
+    const bool lender = k == first;
     const bool touched = row_touched(prm, r);
     for (int64_t q0 = 0; q0 < len; q0 += kPixelsNHWC) {
       const int64_t n = std::min(kPixelsNHWC, len - q0);

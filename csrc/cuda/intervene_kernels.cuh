@@ -55,9 +55,9 @@ __global__ void nchw_kernel(const InterveneParams<acc_t> prm, const scalar_t* __
   acc_t* inverse = partial + S * P;                         // (P,) 1 / divisor
   acc_t* lender_beta = inverse + P;                         // (P,) the group's lender's β
   scalar_t* tile = reinterpret_cast<scalar_t*>(lender_beta + P);  // (C, P) x, when staged
-  const int64_t first = prm.group_offsets[group], last = prm.group_offsets[group + 1];
+  const int64_t first = group_begin(prm, group), last = group_end(prm, group);
   for (int64_t k = first; k < last; ++k) {
-    const int64_t r = prm.group_rows[k];
+    const int64_t r = group_row(prm, k);
     const acc_t m = active && row_touched(prm, r) ? row_mask(prm, r, p) : acc_t(0);
     const scalar_t* xr = x + r * C * HW + p;
     acc_t sum = 0;
@@ -119,8 +119,9 @@ __global__ void nhwc_kernel(const InterveneParams<acc_t> prm, const scalar_t* __
   const int64_t p = (warp % warps_per_group) * pixels_per_warp + lane_in_warp / lanes;
   const bool active = p < HW;  // lanes past the last pixel still join the shuffles
   acc_t lender_beta = acc_t(1);
-  for (int64_t k = prm.group_offsets[group]; k < prm.group_offsets[group + 1]; ++k) {
-    const int64_t r = prm.group_rows[k];
+  const int64_t first = group_begin(prm, group), last = group_end(prm, group);
+  for (int64_t k = first; k < last; ++k) {
+    const int64_t r = group_row(prm, k);
     const acc_t m = active && row_touched(prm, r) ? row_mask(prm, r, p) : acc_t(0);
     const scalar_t* xp = x + (r * HW + p) * C;
     acc_t acc = 0;
@@ -135,7 +136,7 @@ __global__ void nhwc_kernel(const InterveneParams<acc_t> prm, const scalar_t* __
     if (!active) continue;
     const acc_t b = pixel_beta(acc, C, prm.eps);
     if (lane == 0) beta_out[r * HW + p] = from_acc<scalar_t>(b);
-    if (k == prm.group_offsets[group]) lender_beta = b;
+    if (k == first) lender_beta = b;
     const acc_t d = prm.beta_in ? prm.beta_in[r * HW + p] : lender_beta;
     const acc_t inv = prm.normalize ? acc_t(1) / d : acc_t(1);
     scalar_t* yp = y + (r * HW + p) * C;

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import build
 from .reference import intervene
-from .validate import check_beta_src_values
+from .groups import row_groups
 
 
 def _ext():
@@ -21,10 +21,11 @@ def _beta_shape(x: Tensor):
 
 def run_direct(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, out=None, beta_out=None):
     """The extension without the dispatcher, for eager calls that need no autograd."""
-    check_beta_src_values(beta_src)
+    groups = row_groups(beta_src, borrow=normalize and beta_in is None)
+    offsets, grouped = groups if groups is not None else (None, None)
     out = _ext().empty_like(x) if out is None else out
     beta_out = x.new_empty(_beta_shape(x)) if beta_out is None else beta_out
-    _ext().forward_out(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, out, beta_out)
+    _ext().forward_out(x, alpha, region, value, rows, offsets, grouped, beta_in, normalize, eps, out, beta_out)
     return out, beta_out
 
 

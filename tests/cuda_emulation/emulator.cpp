@@ -213,10 +213,11 @@ void run_kernels(const InterveneParams<acc_t>& prm, bool channels_last, const at
 // __nv_bfloat16.
 void forward_out(const at::Tensor& x, const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& region,
                  const std::optional<at::Tensor>& value, const std::optional<at::Tensor>& rows,
-                 const std::optional<at::Tensor>& beta_src, const std::optional<at::Tensor>& beta_in, bool normalize,
-                 double eps, at::Tensor y, at::Tensor beta_out) {
+                 const std::optional<at::Tensor>& group_offsets, const std::optional<at::Tensor>& group_rows,
+                 const std::optional<at::Tensor>& beta_in, bool normalize, double eps, at::Tensor y,
+                 at::Tensor beta_out) {
   TORCH_CHECK(x.device().is_cpu(), "emulator: CPU tensors only");
-  glue::prepare(x, alpha, region, value, rows, beta_src, beta_in, normalize, eps, y, beta_out,
+  glue::prepare(x, alpha, region, value, rows, group_offsets, group_rows, beta_in, normalize, eps, y, beta_out,
                 [&](const auto& prm, DType dtype, bool channels_last) {
                   using acc_t = typename std::decay_t<decltype(prm)>::acc_type;
                   if constexpr (std::is_same_v<acc_t, double>) {
