@@ -251,6 +251,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("last_launch", [] {
     const auto& c = emu::counters;
     return pybind11::dict("blocks"_a = c.blocks, "threads"_a = c.threads, "shared_bytes"_a = c.shared_bytes,
-                          "pixels_per_block"_a = c.pixels, "lanes_per_pixel"_a = c.lanes, "shuffles"_a = c.shuffles, "barriers"_a = c.barriers);
-  }, "the last emulated launch: grid, shared memory, NCHW pixels per block, NHWC lanes per pixel, warp shuffles and barriers run");
+                          "pixels_per_block"_a = c.pixels, "lanes_per_pixel"_a = c.lanes,
+                          "shuffles"_a = c.shuffles, "barriers"_a = c.barriers);
+  }, "the last emulated launch: grid, shared memory, NCHW pixels per block, NHWC lanes per pixel, "
+     "warp shuffles and barriers run");
 }
