@@ -10,6 +10,24 @@ loop sees the same rounded input).
 """
 import numpy as np
 import torch
+from hypothesis import strategies as st
+
+# Keyword arguments of random_case, every option combined with every other.
+case_args = st.fixed_dictionaries({
+    "seed": st.integers(0, 2**31 - 1),
+    "n": st.integers(1, 9), "c": st.one_of(st.integers(1, 40), st.integers(41, 600)),
+    "h": st.integers(1, 33), "w": st.integers(1, 33),
+    "channels_last": st.booleans(), "alpha": st.booleans(), "value": st.booleans(),
+    "region": st.sampled_from(["none", "shared", "per_row"]), "rows": st.booleans(),
+    "beta_src": st.sampled_from(["none", "random", "did"]), "beta_in": st.booleans(), "normalize": st.booleans(),
+})
+
+
+def affordable(case: dict, pixels: int = 3000) -> dict:
+    """The case with H cut so the pure-Python naive loop (N*H*W pixels) stays quick."""
+    if case["n"] * case["h"] * case["w"] > pixels:
+        case = {**case, "h": max(1, pixels // (case["n"] * case["w"]))}
+    return case
 
 
 def random_case(seed, n, c, h, w, *, dtype=torch.float32, channels_last=False, alpha=True, value=False,

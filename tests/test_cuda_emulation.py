@@ -8,14 +8,16 @@ the extension. Checked: indexing, row groups and β borrowing, masks, dtype conv
 grid. Not checked: the CUDA runtime, coalescing, speed (tests/test_ops.py::test_cuda_* on a GPU).
 """
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from gandid.ops import build, intervene_pixelnorm
-from op_cases import assert_matches, naive, random_case
+from op_cases import affordable, assert_matches, case_args, naive, random_case
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,6 +81,16 @@ def test_emulated_cuda_kernels_match_naive_loop(emulated, dtype, channels_last):
         y, beta = intervene_pixelnorm(x, backend="ext", **kw)
         assert y.is_contiguous(memory_format=_layout(channels_last))
         assert_matches(x, kw, y, beta, y_ref, beta_ref, dtype)
+
+
+@settings(max_examples=int(os.environ.get("GANDID_HYPOTHESIS_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=case_args)
+def test_emulated_cuda_kernels_on_random_cases(emulated, case):
+    # The random option combinations of test_ops.py's float32 test, through the CUDA kernels.
+    x, kw = random_case(**affordable(case))
+    y, beta = intervene_pixelnorm(x, backend="ext", **kw)
+    assert_matches(x, kw, y, beta, *naive(x, **kw), torch.float32)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
