@@ -22,6 +22,9 @@ def row_groups(beta_src: torch.Tensor | None, borrow: bool) -> tuple[torch.Tenso
     Checks beta_src (row range, no chains) whether or not it is used."""
     if beta_src is None:
         return None
+    if beta_src.is_inference():  # made under torch.inference_mode: no version counter to trust
+        check_beta_src_values(beta_src)
+        return _compute(beta_src) if borrow else None
     key = id(beta_src)
     hit = _cache.get(key)
     if hit is not None and hit[0] is beta_src and hit[1] == beta_src._version:
