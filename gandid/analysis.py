@@ -43,11 +43,25 @@ class Batch:
         return range(self.start, self.start + len(self.z))
 
 
+def load_state_file(path: Path, stage: str) -> dict:
+    """A stage's saved statistics; a damaged file is named, with the two ways to start that stage over."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise GandidError(f"the saved state of stage {stage!r} is damaged: {path} ({type(exc).__name__}: {exc}). "
+                          f"Start over with --force, or delete {path} and --resume to redo only {stage!r}"
+                          ) from None
+    if not isinstance(state, dict):
+        raise GandidError(f"the saved state of stage {stage!r} in {path} is not a dict: delete it and --resume "
+                          f"to redo only {stage!r}, or start over with --force")
+    return state
+
+
 class RunContext:
     """What an analysis sees of the run: models, config, streaming, state, output folder."""
 
     def __init__(self, *, name, config, generator, segmenter, layers, device, out_dir, progress, results,
-                 options=None):
+                 options=None, on_artefact=None):
         self.name = name
         self.config = config
         self.options = dict(options if options is not None else config.analysis_options.get(name, {}))
@@ -59,6 +73,7 @@ class RunContext:
         self.progress = progress
         self.results = results
         self.artefacts: list[str] = []
+        self._on_artefact = on_artefact  # the runner lists each file in run.json as soon as it is made
 
     # -- streaming ------------------------------------------------------------------------
     @torch.no_grad()
@@ -97,13 +112,14 @@ class RunContext:
         finally:
             self.progress.remove_task(task)
 
-    def track(self, iterable, total: int, description: str):
-        """Wrap any loop in a progress bar."""
+    def track(self, iterable, total: int, description: str, size=None):
+        """Wrap any loop in a progress bar of ``total`` steps; each item advances it by ``size(item)``
+        (default 1), e.g. the number of units in a chunk, so the bar shows a real count and an ETA."""
         task = self.progress.add_task(description, total=total)
         try:
             for item in iterable:
                 yield item
-                self.progress.advance(task)
+                self.progress.advance(task, 1 if size is None else size(item))
         finally:
             self.progress.remove_task(task)
 
@@ -122,13 +138,15 @@ class RunContext:
     def load_state(self) -> dict | None:
         if not self._state_path.exists():
             return None
-        return torch.load(self._state_path, weights_only=True)
+        return load_state_file(self._state_path, self.name)
 
     def path(self, name: str) -> Path:
         """Path for an artefact inside the output folder; it is listed in run.json."""
         p = self.out_dir / name
         p.parent.mkdir(parents=True, exist_ok=True)
         self.artefacts.append(name)
+        if self._on_artefact is not None:
+            self._on_artefact(name)
         return p
 
     def write_json(self, name: str, data: Any) -> Path:

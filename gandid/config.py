@@ -1,9 +1,13 @@
 """Run configuration: a TOML file plus command-line flags (flags win), validated before any work."""
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,10 +118,76 @@ def option_names(factory) -> list[str] | None:
 
 
 def check_options(what: str, factory, options: dict) -> None:
-    """Refuse options the factory does not take, naming the closest valid ones."""
+    """Refuse options the factory does not take (naming the closest valid ones) and values whose type
+    does not match the factory's annotation (``samples: int`` refuses ``"abc"``)."""
     valid = option_names(factory)
-    if valid is None:
-        return
-    for key in options:
-        if key not in valid:
-            raise UnknownNameError(f"option of {what}", key, valid)
+    if valid is not None:
+        for key in options:
+            if key not in valid:
+                raise UnknownNameError(f"option of {what}", key, valid)
+    hints = option_types(factory)
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is not None and not value_matches(value, hint):
+            raise ConfigError(f"option {key!r} of {what} must be {describe_type(hint)}, got {value!r} "
+                              f"({type(value).__name__})")
+
+
+def option_types(factory) -> dict[str, Any]:
+    """The factory's parameter annotations, resolved (``from __future__ import annotations`` makes them
+    strings); {} when they cannot be read, so an unannotated plugin is checked by name only."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable names in a third party's annotations: skip, never fail the run
+        return {}
+
+
+def value_matches(value, hint) -> bool:
+    """Whether a TOML/CLI value fits an annotation (int is a float; bool is not an int; NaN is no number)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(value_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is Path:
+        return isinstance(value, (str, Path))
+    container = origin or hint
+    if container in (list, tuple, set, frozenset, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if container is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(value_matches(v, a) for v, a in zip(value, args))
+        return not args or all(value_matches(v, args[0]) for v in value)
+    if container is dict:
+        return isinstance(value, dict)
+    return isinstance(value, container) if isinstance(container, type) else True
+
+
+def describe_type(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [describe_type(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" (or left out)" if type(None) in args else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path",
+             dict: "a table"}
+    if hint in names:
+        return names[hint]
+    if (origin or hint) in (list, tuple, set, frozenset):
+        inner = describe_type(args[0]) if args else "values"
+        return f"a list of {inner.replace('an ', '').replace('a ', '')}s" if args else "a list"
+    return getattr(hint, "__name__", str(hint))

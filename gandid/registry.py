@@ -63,13 +63,26 @@ class Registry:
 
     # -- loading -------------------------------------------------------------------------
     def load_entry_points(self, group: str = hookspecs.PROJECT) -> None:
-        seen = set()
-        for ep in md.entry_points(group=group):
-            if ep.name in seen:  # the same distribution visible twice on sys.path
-                continue
-            seen.add(ep.name)
+        seen: dict[str, str | None] = {}  # entry-point name -> the distribution it was loaded from
+        # gandid's own plugins first, whatever the order of sys.path: a third party taking a built-in
+        # name is then the one refused, visibly, not the built-in.
+        eps = sorted(md.entry_points(group=group),
+                     key=lambda ep: getattr(getattr(ep, "dist", None), "metadata", {}).get("Name") != "gandid")
+        for ep in eps:
             dist = getattr(ep, "dist", None)
-            info = PluginInfo(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
+            package = dist.metadata["Name"] if dist else None
+            if ep.name in seen:
+                if seen[ep.name] == package:  # the same distribution visible twice on sys.path
+                    continue
+                # Another package chose a name already taken (e.g. 'ace'): list it and say why it is out.
+                info = PluginInfo(f"{ep.name} ({package})", package, dist.version if dist else None,
+                                  error=f"not loaded: its entry point {ep.name!r} = {ep.value!r} has the name of the "
+                                        f"plugin {ep.name!r} from package {seen[ep.name]!r}, loaded first; rename "
+                                        f"the entry point in {package}'s packaging metadata")
+                self.plugins[info.name] = info
+                continue
+            seen[ep.name] = package
+            info = PluginInfo(ep.name, package, dist.version if dist else None)
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken plugin must not take the others down

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -16,9 +15,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from . import __version__
-from .analysis import AnalysisResult, RunContext
+from . import outdir
+from .analysis import AnalysisResult, RunContext, load_state_file
 from .config import RunConfig, check_options, option_names
-from .errors import ConfigError, OutputExistsError, UnknownNameError
+from .errors import ConfigError, GandidError, OutputExistsError, UnknownNameError
 from .model import find_layer
 from .registry import Registry, get_registry
 
@@ -82,46 +82,76 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _prepare_out_dir(cfg: RunConfig) -> dict | None:
-    """Refuse to clobber; return the previous run.json when resuming."""
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out {str(out)!r} exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
+def _claim_out_dir(cfg: RunConfig, out: Path) -> dict | None:
+    """Decide what happens to ``out`` (the caller holds its lock); change nothing yet.
+
+    Returns the previous gandid record when resuming or replacing, None for an empty folder."""
+    if outdir.is_empty(out):
         if cfg.resume:
             raise ConfigError(f"--resume: nothing to resume in {str(out)!r} (no run.json); run without --resume")
         return None
-    run_json = out / "run.json"
+    record = outdir.read_record(out)
+    has_run_json = (out / "run.json").exists()
+    not_ours = ("its run.json was not written by this gandid (no gandid format marker or an unreadable file)"
+                if has_run_json else "it has no run.json")
+    killed = record is not None and record.get("status") == "running"
     if cfg.resume:
-        if not run_json.exists():
-            raise ConfigError(f"--resume: {str(out)!r} has no run.json, so it is not a gandid run to resume")
-        previous = json.loads(run_json.read_text())
-        old = previous.get("config", {})
+        if record is None:
+            raise ConfigError(f"--resume: {str(out)!r} is not a gandid run to resume: {not_ours}")
+        old = record.get("config", {})
         new = cfg.to_json()
         differ = [k for k in new if k not in _RESUME_IGNORES and old.get(k) != new[k]]
         if differ:
             raise ConfigError(f"--resume: the config differs from the run in {str(out)!r} in: "
                               + ", ".join(f"{k} (was {old.get(k)!r}, now {new[k]!r})" for k in differ)
                               + "; resume with the same config or use a new --out")
-        return previous
+        _check_state_files(out, record)
+        return record
     if cfg.force:
-        if not run_json.exists():
+        if record is None:
             raise OutputExistsError(f"--force: refusing to clear {str(out)!r}: it is not a gandid output folder "
-                                    "(no run.json); choose another --out")
-        shutil.rmtree(out)
-        return None
-    raise OutputExistsError(f"output folder {str(out)!r} is not empty: pass --resume to continue that run, "
+                                    f"({not_ours}); choose another --out")
+        return record
+    hint = (" (its run.json still says 'running' but no process holds the folder: that run was killed)"
+            if killed else "")
+    raise OutputExistsError(f"output folder {str(out)!r} is not empty{hint}: pass --resume to continue that run, "
                             "--force to replace it, or choose another --out")
 
 
+def _check_state_files(out: Path, record: dict) -> None:
+    """Every unfinished stage's saved statistics must load before a resume starts any work."""
+    for name, stage in record.get("stages", {}).items():
+        path = out / outdir.STATE_DIR / f"{name}.pt"
+        if stage.get("status") != "done" and path.exists():
+            load_state_file(path, name)
+
+
+def _as_config_error(reg: Registry, kind: str, name: str, fn, *args, **kwargs):
+    """Call a plugin's factory or check; what it refuses becomes gandid's own message, not a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except GandidError:
+        raise
+    except Exception as exc:
+        plugin = reg.get(kind, name).plugin.name
+        raise ConfigError(f"{kind} {name!r} (plugin {plugin!r}) refused its options: {type(exc).__name__}: {exc}"
+                          ) from exc
+
+
+def _build(reg: Registry, kind: str, name: str, options: dict):
+    return _as_config_error(reg, kind, name, reg.get(kind, name).factory, **options)
+
+
 class Session:
-    """A validated run, ready to execute. Construction does every check and loads the models."""
+    """A validated run, ready to execute. Construction does every check, takes the output folder's
+    lock and loads the models; it changes nothing on disk beyond creating an empty output folder."""
 
     def __init__(self, cfg: RunConfig, registry: Registry | None = None, console: Console | None = None):
         self.registry = registry or get_registry()
         self.console = console or Console(stderr=True)
         cfg.check()
         self.cfg = cfg
+        self.notes: list[str] = []  # said once on the console and kept in run.json
         reg = self.registry
 
         # 1. Names first: cheap, and the most common mistake.
@@ -140,10 +170,12 @@ class Session:
         for name in analysis_names:
             reg.get("analysis", name)
         for name in cfg.analysis_options:
-            if name not in analysis_names:
-                raise UnknownNameError("analysis in analysis_options", name, analysis_names)
+            if name not in reg.names("analysis"):
+                raise UnknownNameError("analysis in analysis_options", name, reg.names("analysis"))
+            if name not in analysis_names:  # a config shared between runs that select different analyses
+                self._note(f"[analysis_options.{name}] ignored: analysis {name!r} is not selected in this run")
 
-        # 2. Options against the factories' signatures.
+        # 2. Options against the factories' signatures: names and types.
         gen_options = dict(cfg.generator_options, **({"weights": cfg.weights} if cfg.weights else {}))
         seg_options = dict(cfg.segmenter_options, **({"weights": cfg.seg_weights} if cfg.seg_weights else {}))
         check_options(f"generator {cfg.generator!r}", reg.get("generator", cfg.generator).factory, gen_options)
@@ -152,13 +184,29 @@ class Session:
         for name in analysis_names:
             check_options(f"analysis {name!r}", reg.get("analysis", name).factory, cfg.analysis_options.get(name, {}))
 
-        # 3. The output folder, before anything slow.
+        # 3. The output folder, before anything slow: writable, ours alone, and what happens to it.
         self.device = _resolve_device(cfg.device)
-        self.previous = _prepare_out_dir(cfg)
+        out = Path(cfg.out)
+        if out.exists() and not out.is_dir():
+            raise OutputExistsError(f"--out {str(out)!r} exists and is not a folder")
+        created = not out.exists()
+        outdir.check_writable(out)
+        self.lock = outdir.OutputLock(out)
+        try:
+            self.lock.acquire()
+            self.previous = _claim_out_dir(cfg, out)
+            self._load(gen_options, seg_options, analysis_names)
+        except BaseException:
+            self.close()
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
 
-        # 4. Models, then layers (which only the generator knows).
-        self.generator = reg.create("generator", cfg.generator, **gen_options)
-        self.segmenter = reg.create("segmenter", cfg.segmenter, **seg_options) if cfg.segmenter else None
+    def _load(self, gen_options: dict, seg_options: dict, analysis_names: list[str]) -> None:
+        """4. Models, then layers (which only the generator knows), then the analyses and their checks."""
+        cfg, reg = self.cfg, self.registry
+        self.generator = _build(reg, "generator", cfg.generator, gen_options)
+        self.segmenter = _build(reg, "segmenter", cfg.segmenter, seg_options) if cfg.segmenter else None
         for model in (self.generator, self.segmenter):
             if model is not None and hasattr(model, "to"):
                 model.to(self.device)
@@ -166,13 +214,26 @@ class Session:
                                or self.generator.layers[len(self.generator.layers) // 2].name]
         self.layers = [find_layer(self.generator, name).name for name in layers]
         self.analysis_options = {name: self._options_for(name) for name in analysis_names}
-        self.analyses = {name: reg.create("analysis", name, **self.analysis_options[name])
-                         for name in analysis_names}
+        self.analyses = {name: _build(reg, "analysis", name, self.analysis_options[name]) for name in analysis_names}
         self.order = _order_analyses(analysis_names, self.analyses)
         if self.segmenter is None:
             needing = [n for n in self.order if getattr(self.analyses[n], "needs_segmenter", True)]
             if needing:
                 raise ConfigError(f"analyses {needing} need a segmenter: give --segmenter")
+        for name in self.order:  # e.g. class names, which only the segmenter knows
+            check = getattr(self.analyses[name], "check", None)
+            if check is not None:
+                _as_config_error(reg, "analysis", name, check, self.generator, self.segmenter, self.layers)
+
+    def _note(self, message: str) -> None:
+        self.notes.append(message)
+        self.console.print(f"[yellow]note:[/yellow] {message}")
+
+    def close(self) -> None:
+        """Release the output folder (idempotent)."""
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
 
     def _options_for(self, analysis: str) -> dict:
         """The generator's suggested options for this analysis (``analysis_defaults``, sized to the
@@ -198,9 +259,8 @@ class Session:
     def _initial_record(self) -> dict:
         import torch
 
-        from .ops import backend_name
-
         return {
+            "format": outdir.MARKER,
             "gandid_version": __version__,
             "status": "running",
             "started": _now(),
@@ -209,7 +269,6 @@ class Session:
                          "plugins": self._plugin_versions()},
             "seeds": {"samples": self.cfg.seed},
             "device": self.device,
-            "op_backend": backend_name(self.device),
             "layers": self.layers,
             "analysis_options": self.analysis_options,  # effective: the config's over the generator's suggestions
             "stages": {},
@@ -241,13 +300,47 @@ class Session:
         fig.savefig(out / "samples.png", dpi=90)
         plt.close(fig)
 
+    def _take_over(self, out: Path) -> dict:
+        """Apply the decision made at validation: replace (``--force``) or continue (``--resume``) the
+        previous run, cleaning up after one that was killed, and say what was found."""
+        previous = self.previous
+        if previous is not None and self.cfg.force:
+            removed, kept = outdir.clear_run(out, previous)
+            self._note(f"--force: removed {len(removed)} files of the previous run in {str(out)!r}"
+                       + (f"; kept {len(kept)} files gandid did not write: {', '.join(kept[:8])}"
+                          + (" ..." if len(kept) > 8 else "") if kept else ""))
+            previous = None
+        if previous is None:
+            return self._initial_record()
+        for name in outdir.stale_temporaries(out, previous):
+            (out / name).unlink()
+            self._note(f"removed {name}, a partial write left by a run that was killed")
+        if previous.get("status") == "running":
+            self._note("the previous run was killed while running (run.json said 'running'); continuing it")
+        for name, stage in previous["stages"].items():
+            if stage.get("status") == "running":
+                stage["status"] = "interrupted"
+        previous["status"] = "running"
+        previous.setdefault("resumes", []).append(_now())
+        return previous
+
     def execute(self) -> RunResult:
+        try:
+            return self._execute()
+        finally:
+            self.close()
+
+    def _execute(self) -> RunResult:
+        from .ops import backend_name
+
         out = Path(self.cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        record = self.previous or self._initial_record()
-        if self.previous:
-            record["status"] = "running"
-            record.setdefault("resumes", []).append(_now())
+        record = self._take_over(out)
+        # Built here, outside the progress display, so the one-time compile shows its own spinner.
+        record["op_backend"] = backend_name(self.device)
+        record["notes"] = list(dict.fromkeys(record.get("notes", []) + self.notes))
+        record["weights"] = {kind: info for kind, info in (("generator", _weights_info(self.generator)),
+                                                           ("segmenter", _weights_info(self.segmenter))) if info}
         run_json = out / "run.json"
         _write_json_atomic(run_json, record)
         result = RunResult(out, "running")
@@ -262,62 +355,82 @@ class Session:
         try:
             with progress:
                 for name in self.order:
-                    stage = record["stages"].get(name, {})
-                    data_file = out / f"{name}.json"
-                    if stage.get("status") == "done" and data_file.exists():
-                        result.results[name] = json.loads(data_file.read_text())
-                        self.console.print(f"[dim]{name}: done in a previous run, kept[/dim]")
-                        continue
-                    missing = [d for d in getattr(self.analyses[name], "requires", ()) if d not in result.results]
-                    if missing:
-                        record["stages"][name] = {"status": "skipped", "error": f"required analyses failed: {missing}"}
-                        result.errors[name] = record["stages"][name]["error"]
-                        continue
-                    ctx = RunContext(name=name, config=self.cfg, generator=self.generator, segmenter=self.segmenter,
-                                     layers=self.layers, device=self.device, out_dir=out, progress=progress,
-                                     results=result.results, options=self.analysis_options[name])
-                    record["stages"][name] = {"status": "running", "started": _now()}
-                    _write_json_atomic(run_json, record)
-                    t0 = time.perf_counter()
-                    try:
-                        value = self.analyses[name].run(ctx)
-                    except Exception as exc:  # one failing analysis must not take the others down
-                        plugin = self.registry.get("analysis", name).plugin.name
-                        message = f"analysis {name!r} (plugin {plugin!r}) failed: {type(exc).__name__}: {exc}"
-                        record["stages"][name].update(status="failed", error=message,
-                                                      traceback=traceback.format_exc(limit=8),
-                                                      seconds=round(time.perf_counter() - t0, 3))
-                        result.errors[name] = message
-                        self.console.print(f"[red]{message}[/red]")
-                        _write_json_atomic(run_json, record)
-                        continue
-                    if not isinstance(value, AnalysisResult):
-                        value = AnalysisResult(value)
-                    _write_json_atomic(data_file, value.data)
-                    files = [f"{name}.json", *dict.fromkeys(ctx.artefacts + value.artefacts)]
-                    record["stages"][name].update(status="done", seconds=round(time.perf_counter() - t0, 3),
-                                                  files=files)
-                    record["files"] = list(dict.fromkeys(record["files"] + files))
-                    result.results[name] = value.data
-                    _write_json_atomic(run_json, record)
-                    self.console.print(f"[green]{name}[/green] done in {record['stages'][name]['seconds']:.1f} s")
-        except KeyboardInterrupt:
-            record["status"] = result.status = "interrupted"
+                    self._run_stage(name, record, result, progress)
+            record["status"] = result.status = "completed" if not result.errors else "completed_with_errors"
+            record["ended"] = _now()
+            from .report import write_report
+
+            record["files"] = list(dict.fromkeys(record["files"] + ["report.html"]))
+            write_report(out, record, self.analyses, result.results)
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            record["status"] = result.status = "interrupted" if interrupted else "failed"
+            if not interrupted:
+                record["error"] = f"{type(exc).__name__}: {exc}"
             for stage in record["stages"].values():
                 if stage.get("status") == "running":
                     stage["status"] = "interrupted"
             record["ended"] = _now()
             _write_json_atomic(run_json, record)
             raise
-        record["status"] = result.status = "completed" if not result.errors else "completed_with_errors"
-        record["ended"] = _now()
-        from .report import write_report
-
-        record["files"] = list(dict.fromkeys(record["files"] + ["report.html"]))
-        write_report(out, record, self.analyses, result.results)
         _write_json_atomic(run_json, record)
         self.console.print(f"report: {out / 'report.html'}")
         return result
+
+    def _run_stage(self, name: str, record: dict, result: RunResult, progress: Progress) -> None:
+        out = Path(self.cfg.out)
+        run_json = out / "run.json"
+        stage = record["stages"].get(name, {})
+        data_file = out / f"{name}.json"
+        if stage.get("status") == "done" and data_file.exists():
+            result.results[name] = json.loads(data_file.read_text())
+            self.console.print(f"[dim]{name}: done in a previous run, kept[/dim]")
+            return
+        missing = [d for d in getattr(self.analyses[name], "requires", ()) if d not in result.results]
+        if missing:
+            record["stages"][name] = {"status": "skipped", "error": f"required analyses failed: {missing}"}
+            result.errors[name] = record["stages"][name]["error"]
+            return
+        record["stages"][name] = {"status": "running", "started": _now(), "files": []}
+
+        def listed(file: str) -> None:
+            # Listed the moment it is created, so --force can remove it even if this run is killed.
+            if file not in record["stages"][name]["files"]:
+                record["stages"][name]["files"].append(file)
+                _write_json_atomic(run_json, record)
+
+        ctx = RunContext(name=name, config=self.cfg, generator=self.generator, segmenter=self.segmenter,
+                         layers=self.layers, device=self.device, out_dir=out, progress=progress,
+                         results=result.results, options=self.analysis_options[name], on_artefact=listed)
+        _write_json_atomic(run_json, record)
+        t0 = time.perf_counter()
+        try:
+            value = self.analyses[name].run(ctx)
+        except Exception as exc:  # one failing analysis must not take the others down
+            plugin = self.registry.get("analysis", name).plugin.name
+            message = (f"analysis {name!r} failed: {exc}" if isinstance(exc, GandidError)
+                       else f"analysis {name!r} (plugin {plugin!r}) failed: {type(exc).__name__}: {exc}")
+            record["stages"][name].update(status="failed", error=message, traceback=traceback.format_exc(limit=8),
+                                          seconds=round(time.perf_counter() - t0, 3))
+            result.errors[name] = message
+            self.console.print(f"[red]{message}[/red]")
+            _write_json_atomic(run_json, record)
+            return
+        if not isinstance(value, AnalysisResult):
+            value = AnalysisResult(value)
+        _write_json_atomic(data_file, value.data)
+        files = [f"{name}.json", *dict.fromkeys(ctx.artefacts + value.artefacts)]
+        record["stages"][name].update(status="done", seconds=round(time.perf_counter() - t0, 3), files=files)
+        record["files"] = list(dict.fromkeys(record["files"] + files))
+        result.results[name] = value.data
+        _write_json_atomic(run_json, record)
+        self.console.print(f"[green]{name}[/green] done in {record['stages'][name]['seconds']:.1f} s")
+
+
+def _weights_info(model) -> dict | None:
+    """What a model says it loaded (file, stored dtypes, dtype used), for run.json."""
+    info = getattr(model, "weights_info", None)
+    return dict(info) if isinstance(info, dict) else None
 
 
 def run(config: RunConfig | dict, registry: Registry | None = None, console: Console | None = None) -> RunResult:

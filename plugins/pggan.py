@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from gandid import hookimpl
-from gandid.checkpoints import check_state_dict, load_state_dict_file
+from gandid.checkpoints import check_state_dict, load_state_dict_file, to_float
 from gandid.errors import CheckpointError
 from gandid.model import LayerInfo, NormSite, PixelNorm, normal_rows
 
@@ -204,8 +204,10 @@ class PGGANGenerator(nn.Module):
             state, scales = convert_old_names(state)
         sizes = sizes_from_state_dict(state)
         check_state_dict(state, expected_shapes(sizes), f"PG-GAN generator ({source})")
+        state, dtypes = to_float(state)
         gen = cls(sizes, scales)
         gen.net.load_state_dict(state, strict=True)
+        gen.weights_info = {"file": source, **dtypes}
         return gen
 
     @classmethod

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gandid import hookimpl
-from gandid.checkpoints import check_state_dict, load_state_dict_file
+from gandid.checkpoints import check_state_dict, load_state_dict_file, to_float
 from gandid.errors import CheckpointError
 from gandid.model import LayerInfo, NormSite, PixelNorm
 
@@ -272,7 +272,9 @@ class StyleGAN2Generator(nn.Module):
         gen = cls(size, style_dim, n_mlp, channels, truncation=truncation)
         expected = {k: tuple(v.shape) for k, v in gen.state_dict().items() if k != "latent_avg"}
         check_state_dict(state, expected, f"StyleGAN2 generator ({source})")
+        state, dtypes = to_float(state)
         gen.load_state_dict(state, strict=False)
+        gen.weights_info = {"file": source, **dtypes}
         if latent_avg is not None:
             gen.latent_avg.copy_(torch.as_tensor(latent_avg).reshape(-1))
         else:  # the mean w over a fixed set of latents, as rosinality's mean_latent does

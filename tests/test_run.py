@@ -142,21 +142,6 @@ def test_config_file_and_flag_precedence(tmp_path):
         RunConfig.from_toml(toml)
 
 
-def _pip_install_target(target, *packages):
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-           "--disable-pip-version-check", "--target", str(target), *map(str, packages)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def installed_plugins(tmp_path_factory):
-    """The example plugin and the test kit installed as real distributions (entry points and all)."""
-    target = tmp_path_factory.mktemp("site")
-    _pip_install_target(target, ROOT / "examples" / "gandid-unitstats", ROOT / "tests" / "testkit")
-    env = dict(os.environ, PYTHONPATH=str(target))
-    return env
-
-
 def gandid_cli(env, *args, cwd=None):
     return subprocess.run([sys.executable, "-m", "gandid.cli", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=300)

@@ -88,10 +88,18 @@ def load(verbose: bool = False):
                   verbose=verbose)
     fresh = not any(build_dir.glob("*.so"))
     if fresh and not verbose:
+        import time
+
         from rich.console import Console
 
-        with Console(stderr=True).status("compiling fused op, first run only"):
+        console = Console(stderr=True)
+        # A line as well as the spinner: a log file or CI output shows no spinner.
+        console.print(f"building gandid's fused C++{'/CUDA' if with_cuda else ''} op for this machine: once, "
+                      f"about a minute; later runs reuse it from {build_dir}")
+        t0 = time.perf_counter()
+        with console.status("compiling the fused op (first run only)"):
             _module = cpp_load(**kwargs)
+        console.print(f"fused op built in {time.perf_counter() - t0:.0f} s")
     else:
         _module = cpp_load(**kwargs)
     return _module

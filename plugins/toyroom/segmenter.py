@@ -46,7 +46,7 @@ class ToyroomSegmenter:
     background = ("wall", "floor", "ceiling")  # what an ablated object uncovers, not what replaces it
 
     def __init__(self, weights: str | None = None, device: str = "cpu"):
-        from gandid.checkpoints import check_state_dict, load_state_dict_file
+        from gandid.checkpoints import check_state_dict, load_state_dict_file, to_float
         from gandid.errors import CheckpointError
 
         path = Path(weights) if weights else WEIGHTS
@@ -54,9 +54,12 @@ class ToyroomSegmenter:
             raise CheckpointError(f"toyroom segmenter weights not found at {path}; train them with "
                                   "`python -m gandid_plugins.toyroom.train segmenter`")
         self.net = UNet()
-        state = {k: v.float() for k, v in load_state_dict_file(path).items()}
-        check_state_dict(state, {k: tuple(v.shape) for k, v in self.net.state_dict().items()},
-                         f"toyroom segmenter ({path})")
+        state = load_state_dict_file(path)
+        expected = self.net.state_dict()
+        check_state_dict(state, {k: tuple(v.shape) for k, v in expected.items()}, f"toyroom segmenter ({path})",
+                         integer_keys=[k for k, v in expected.items() if not v.is_floating_point()])
+        state, self.weights_info = to_float(state)
+        self.weights_info = {"file": str(path), **self.weights_info}
         self.net.load_state_dict(state)
         self.net.eval()
         self.to(device)

@@ -73,7 +73,7 @@ class FailingAnalysis:
 class CountAnalysis:
     """Counts labelled pixels per class.
 
-    A fresh (not resumed) run stops with KeyboardInterrupt at sample ``interrupt_at``, as a user's
+    A run that is not a ``--resume`` stops with KeyboardInterrupt at sample ``interrupt_at``, as a user's
     Ctrl-C would, for the resume tests.
     """
 
@@ -81,11 +81,9 @@ class CountAnalysis:
         self.interrupt_at, self.samples = interrupt_at, samples
 
     def run(self, ctx):
-        state = ctx.load_state()
-        resumed = state is not None
-        state = state or {"done": 0, "counts": torch.zeros(3, dtype=torch.long)}
+        state = ctx.load_state() or {"done": 0, "counts": torch.zeros(3, dtype=torch.long)}
         for batch in ctx.batches(samples=self.samples, start=state["done"]):
-            if batch.start == self.interrupt_at and not resumed:
+            if batch.start == self.interrupt_at and not ctx.config.resume:
                 raise KeyboardInterrupt
             state["counts"] += torch.bincount(batch.labels.flatten(), minlength=3)
             state["done"] = batch.start + len(batch.z)
