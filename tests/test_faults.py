@@ -426,3 +426,37 @@ def test_every_progress_bar_has_a_total(tmp_path, monkeypatch):
     assert run(config, registry=reg).status == "completed"
     assert any("per unit" in d for d, _ in totals)
     assert [d for d, t in totals if t is None or t <= 0] == []
+
+
+# -- what already worked, kept covered: real signals to a real `gandid run` ---------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_signalled_cli_run_resumes_to_the_same_numbers(tmp_path, installed_plugins, sig):
+    def args(out, *extra):
+        return ["run", "--generator", "tiny", "--segmenter", "tiny", "--analysis", "count", "--samples", "40",
+                "--batch-size", "4", "--device", "cpu", "--out", out, *extra]
+
+    whole = gandid_cli(*args(tmp_path / "whole"), env=installed_plugins)
+    assert whole.returncode == 0, whole.stderr
+    toml = tmp_path / "slow.toml"
+    toml.write_text("[analysis_options.count]\ndelay = 0.3\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "gandid.cli", *map(str, args(out, "--config", toml))],
+                            env=installed_plugins, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "state" / "count.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.4)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    record = json.loads((out / "run.json").read_text())
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "--resume" in stderr
+        assert record["status"] == "interrupted"
+    else:  # nothing ran after the kill: run.json still says running, and the lock went with the process
+        assert proc.returncode == -signal.SIGKILL and record["status"] == "running"
+        again = gandid_cli(*args(out, "--config", toml), env=installed_plugins)
+        assert again.returncode == 2 and "that run was killed" in " ".join(again.stderr.split())
+    resumed = gandid_cli(*args(out, "--config", toml, "--resume"), env=installed_plugins)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "count.json").read_text()) == json.loads((tmp_path / "whole" / "count.json").read_text())
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"

@@ -1,4 +1,6 @@
 """A tiny pixel-norm generator and a brightness segmenter, for tests of the core."""
+import time
+
 import torch
 from torch import nn
 
@@ -74,11 +76,11 @@ class CountAnalysis:
     """Counts labelled pixels per class.
 
     A run that is not a ``--resume`` stops with KeyboardInterrupt at sample ``interrupt_at``, as a user's
-    Ctrl-C would, for the resume tests.
+    Ctrl-C would, for the resume tests; ``delay`` slows each batch so a test can signal a real process.
     """
 
-    def __init__(self, interrupt_at: int = -1, samples: int | None = None):
-        self.interrupt_at, self.samples = interrupt_at, samples
+    def __init__(self, interrupt_at: int = -1, samples: int | None = None, delay: float = 0.0):
+        self.interrupt_at, self.samples, self.delay = interrupt_at, samples, delay
 
     def run(self, ctx):
         state = ctx.load_state() or {"done": 0, "counts": torch.zeros(3, dtype=torch.long)}
@@ -88,6 +90,7 @@ class CountAnalysis:
             state["counts"] += torch.bincount(batch.labels.flatten(), minlength=3)
             state["done"] = batch.start + len(batch.z)
             ctx.save_state(state)
+            time.sleep(self.delay)  # seconds per batch, so a test can signal a run in the middle
         return {"samples": state["done"], "counts": state["counts"].tolist()}
 
 
