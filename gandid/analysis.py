@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import torch
 
 from .errors import GandidError
-from .model import Trace, iter_chunks
+from .hooks import Trace
+from .model import iter_chunks
 
 
 @dataclass

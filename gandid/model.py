@@ -1,12 +1,11 @@
-"""Generator and Segmenter protocols, layer descriptions, and layer hooking.
+"""Generator and Segmenter protocols and layer descriptions (hooks: :mod:`gandid.hooks`).
 
 The core talks to models only through these protocols; concrete models are plugins.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -126,70 +125,7 @@ def find_layer(generator: Generator, name: str) -> LayerInfo:
     raise UnknownNameError("layer", name, [info.name for info in generator.layers])
 
 
-class Trace(contextlib.AbstractContextManager):
-    """Record (and optionally replace) the outputs of some of a generator's layers.
-
-    >>> with Trace(gen, ["layer4"]) as trace:
-    ...     gen.forward(z)
-    >>> trace["layer4"].shape   # (N, C, H, W)
-
-    ``edit`` maps a layer name to ``fn(output) -> new_output``, applied before recording.
-    """
-
-    def __init__(self, generator: Generator, layers: Iterable[str], edit: dict | None = None, detach: bool = True):
-        self.outputs: dict[str, torch.Tensor] = {}
-        self._handles = []
-        edit = edit or {}
-        for name in layers:
-            find_layer(generator, name)
-            module = generator.layer_module(name)
-            self._handles.append(module.register_forward_hook(self._hook(name, edit.get(name), detach)))
-
-    def _hook(self, name, fn, detach):
-        def hook(module, inputs, output):
-            if fn is not None:
-                output = fn(output)
-            self.outputs[name] = output.detach() if detach else output
-            return output
-
-        return hook
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.outputs[name]
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        return False
-
-
 def iter_chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     """(start, stop) pairs covering range(total) in steps of ``size``."""
     for start in range(0, total, size):
         yield start, min(total, start + size)
-
-
-class _StopForward(Exception):
-    pass
-
-
-def features_at(generator: Generator, z: torch.Tensor, layer: str) -> torch.Tensor:
-    """Layer ``layer``'s output for latents z, running only the layers up to it."""
-    find_layer(generator, layer)
-    captured = {}
-
-    def hook(module, inputs, output):
-        captured["out"] = output
-        raise _StopForward
-
-    handle = generator.layer_module(layer).register_forward_hook(hook)
-    try:
-        generator.forward(z)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if "out" not in captured:
-        raise RuntimeError(f"layer {layer!r} was not reached by the generator's forward pass")
-    return captured["out"]

@@ -250,11 +250,10 @@ class StyleGAN2Generator(nn.Module):
     def forward_from(self, layer, features, z):
         """The RGB skip path carries state past every layer, so the prefix runs again (for these rows)
         with ``layer``'s output replaced by ``features``."""
-        handle = self.layer_module(layer).register_forward_hook(lambda m, i, o: features)
-        try:
+        from gandid.hooks import Trace
+
+        with Trace(self, edit={layer: lambda output: features}):
             return self.forward(z)
-        finally:
-            handle.remove()
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod

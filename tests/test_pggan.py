@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from gandid.errors import CheckpointError
-from gandid.model import Trace, features_at
+from gandid.hooks import Trace, features_at
 from gandid_plugins.pggan import PGGANGenerator, pggan
 from pggan_files import make_state_dict, manual_forward
 

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from gandid.errors import CheckpointError
 from gandid.intervene import BetaControl, Intervention, counterfactuals, run_with_betas
-from gandid.model import Trace
+from gandid.hooks import Trace
 from gandid_plugins.stylegan2 import stylegan2
 from stylegan2_files import independent_forward, make_g_ema
 
