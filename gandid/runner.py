@@ -51,7 +51,9 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _order_analyses(names: list[str], analyses: dict) -> list[str]:
-    """Topological order honouring each analysis's ``requires``; missing requirements are errors."""
+    """Topological order honouring each analysis's ``requires`` (missing requirements are errors) and
+    ``after`` (run after these when they are selected too, without needing them: the pipeline order the
+    report follows)."""
     order, visiting = [], set()
 
     def visit(name, chain):
@@ -64,6 +66,9 @@ def _order_analyses(names: list[str], analyses: dict) -> list[str]:
             if dep not in analyses:
                 raise ConfigError(f"analysis {name!r} requires {dep!r}: add it to --analysis")
             visit(dep, chain + [name])
+        for dep in getattr(analyses[name], "after", ()):
+            if dep in analyses:
+                visit(dep, chain + [name])
         visiting.discard(name)
         order.append(name)
 

@@ -13,13 +13,26 @@ import torch
 import torch.nn.functional as F
 
 from gandid import hookimpl
-from gandid.intervene import Intervention, _site_after, per_unit, variants
-from gandid.model import features_at
+from gandid.hooks import features_at, norm_overrides, norm_site_reading
+from gandid.intervene import Intervention, per_unit, variants
 from gandid.ops import intervene_pixelnorm
+from gandid.ops.reference import intervene
 from gandid.stats import Histogram
 
 
 NOT_OBJECTS = ("unlabelled", "unlabeled", "background")  # never chosen as ACE classes by default
+
+
+def check_class_names(analysis: str, names, segmenter) -> None:
+    """Refuse a class the segmenter does not know, naming the closest labels."""
+    if names is None or segmenter is None:
+        return
+    labels = list(segmenter.labels)
+    for name in names:
+        if name not in labels:
+            from gandid.errors import UnknownNameError
+
+            raise UnknownNameError(f"class in {analysis}'s classes", name, labels)
 
 
 def class_fractions(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -45,17 +58,32 @@ class ACE:
     passes of 2 x alpha_samples images.
     """
 
-    def __init__(self, classes=None, samples: int = 16, top_k: int = 20, min_area: float = 0.01,
-                 curve_ks=None, value: str = "mean", value_quantile: float = 0.99, context_locations: int = 16,
-                 alpha_steps: int = 30, alpha_lr: float = 0.01, alpha_lambda: float = 0.005, alpha_samples: int = 8,
-                 stat_samples: int | None = None):
+    after = ("dissect",)  # pipeline order when both run: correlation (dissect) before causation
+
+    def __init__(self, classes: list[str] | None = None, samples: int = 16, top_k: int = 20, min_area: float = 0.01,
+                 curve_ks: list[int] | None = None, value: str = "mean", value_quantile: float = 0.99,
+                 context_locations: int = 16, alpha_steps: int = 30, alpha_lr: float = 0.01,
+                 alpha_lambda: float = 0.005, alpha_samples: int = 8, stat_samples: int | None = None):
         if value not in ("mean", "quantile"):
             raise ValueError(f"ace: value must be 'mean' or 'quantile', got {value!r}")
+        at_least_one = dict(samples=samples, top_k=top_k, alpha_samples=alpha_samples,
+                            **({} if stat_samples is None else {"stat_samples": stat_samples}))
+        for name, n in {**at_least_one, "context_locations": context_locations + 1,
+                        "alpha_steps": alpha_steps + 1}.items():
+            if n < 1:
+                raise ValueError(f"ace: {name} must be at least {1 if name in at_least_one else 0}")
+        if not 0 <= min_area < 1 or not 0 < value_quantile < 1:
+            raise ValueError(f"ace: min_area must be in [0, 1) and value_quantile in (0, 1), got {min_area} and "
+                             f"{value_quantile}")
         self.classes, self.samples, self.top_k, self.min_area = classes, samples, top_k, min_area
         self.curve_ks = None if curve_ks is None else [int(k) for k in curve_ks]
         self.value, self.value_quantile = value, value_quantile
         self.context_locations, self.alpha_steps, self.alpha_lr = context_locations, alpha_steps, alpha_lr
         self.alpha_lambda, self.alpha_samples, self.stat_samples = alpha_lambda, alpha_samples, stat_samples
+
+    def check(self, generator, segmenter, layers):
+        """Before any work: the class names exist in the segmenter's vocabulary."""
+        check_class_names("ace", self.classes, segmenter)
 
     # -- statistics: class areas and per-unit activation where each class is present ---------------
     def class_statistics(self, ctx, layer, classes):
@@ -142,7 +170,8 @@ class ACE:
         units = next(l.channels for l in ctx.generator.layers if l.name == layer)
         out = torch.zeros(units, classes, dtype=torch.float64)
         chunks = per_unit(ctx.generator, z, layer, value=value)
-        for chunk, images in ctx.track(chunks, total=None, description=f"ace {layer}: {what} per unit"):
+        for chunk, images in ctx.track(chunks, total=units, description=f"ace {layer}: {what} per unit",
+                                           size=lambda item: len(item[0])):
             fractions = block_fractions(ctx.segmenter, images, classes)  # (u, N, C)
             for i, u in enumerate(chunk):
                 out[u] = fractions[i].mean(0).double()
@@ -212,22 +241,16 @@ class ACE:
         info = next(l for l in gen.layers if l.name == layer)
         alpha = torch.full((info.channels,), 0.5, requires_grad=True)
         opt = torch.optim.Adam([alpha], lr=self.alpha_lr)
-        site = _site_after(gen, layer)
+        site = norm_site_reading(gen, layer)
         with torch.no_grad():
             feats = features_at(gen, z, layer)
         history = []
 
         def generate(val):
             if site is None:  # no pixel norm reads the layer: intervene in plain PyTorch
-                from gandid.ops.reference import intervene
-
                 return gen.forward_from(layer, intervene(feats, alpha, None, val), z)
-            module = gen.norm_module(site)
-            module.override = lambda x: intervene_pixelnorm(x, alpha=alpha, value=val)[0]
-            try:
+            with norm_overrides(gen, {site: lambda x: intervene_pixelnorm(x, alpha=alpha, value=val)[0]}):
                 return gen.forward_from(layer, feats, z)
-            finally:
-                module.override = None
 
         for _ in range(self.alpha_steps):
             delta = seg.class_scores(generate(value), c).mean() - seg.class_scores(generate(None), c).mean()
@@ -251,35 +274,81 @@ class ACE:
 
         for name, entry in result["classes"].items():
             fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-            ace = sorted(entry["unit_ace"], reverse=True)
+            ace = [100 * a for a in sorted(entry["unit_ace"], reverse=True)]
             ax1.bar(range(len(ace)), ace, width=1.0, color="#4c72b0")
-            ax1.set(title=f"ACE of each unit on {name} (sorted)", xlabel="unit rank", ylabel="ACE")
-            ax2.plot(entry["curve_k"], entry["topk_removed_fraction"], "o-", color="#c44e52")
-            ax2.set(title=f"ablating the top-k units: {name} removed", xlabel="k", ylabel="fraction removed",
-                    ylim=(min(-0.05, min(entry["topk_removed_fraction"])), 1.05))
+            ax1.axhline(0, color="black", lw=0.5)
+            ax1.set(title=f"ACE of each unit on {name} (sorted)", xlabel="unit rank",
+                    ylabel="ACE (pp of image pixels)")
+            removed = [100 * r for r in entry["topk_removed_fraction"]]
+            ax2.plot(entry["curve_k"], removed, "o-", color="#c44e52")
+            ax2.set(title=f"ablating the top-k units: {name} removed", xlabel="k",
+                    ylabel=f"% of {name} removed", ylim=(min(-5, min(removed)), 105))
             fig.tight_layout()
             fig.savefig(ctx.path(f"ace_{name}.png"), dpi=100)
             plt.close(fig)
 
+    REMOVES = 0.5  # the findings say ablation removes a class when the top-k units take at least this much of it
+
+    def report_findings(self, result):
+        from gandid.report import Finding, anchor, esc, link, pct, pp
+
+        classes = result["classes"]
+        if not classes:
+            return ["No class was large enough to measure (see <code>min_area</code>)."]
+        ks = {e["curve_k"][-1] for e in classes.values()}
+        k = f"{ks.pop()} " if len(ks) == 1 else ""
+        order = sorted(classes.items(), key=lambda kv: -kv[1]["topk_removed_fraction"][-1])
+
+        def item(name, e):
+            removed = e["topk_removed_fraction"][-1]
+            grows = " (it grows)" if removed < 0 and pct(removed) != "0%" else ""
+            return f"{link(anchor('ace', name), name)} {esc(pct(removed))}{grows}"
+
+        removed = [item(n, e) for n, e in order if e["topk_removed_fraction"][-1] >= self.REMOVES]
+        kept = [item(n, e) for n, e in order if e["topk_removed_fraction"][-1] < self.REMOVES]
+        found = []
+        lead = f"Ablating each class's top {k}units (by ACE, layer <code>{esc(result['layer'])}</code>)"
+        if removed:
+            found.append(f"{lead} removes most of {len(removed)} of {len(classes)} classes (share of the class's "
+                         "pixels removed): " + ", ".join(removed) + ".")
+        if kept:
+            noun = "class" if len(kept) == 1 else "classes"
+            found.append(("It" if removed else lead) + f" cannot remove {len(kept)} {noun} (less than "
+                         f"{esc(pct(self.REMOVES))} removed): " + ", ".join(kept) + ".")
+        best = max(((n, u, e["unit_ace"][u]) for n, e in classes.items() for u in e["ranking"][:1]),
+                   key=lambda t: t[2], default=None)
+        if best is not None:
+            found.append(Finding(f"Strongest single unit: unit {best[1]} on {esc(best[0])}, ACE "
+                                 f"<b>{esc(pp(best[2]))}</b> of image pixels (inserted minus ablated).",
+                                 anchor("ace", best[0])))
+        return found
 
     def report_section(self, result, out_dir):
-        from gandid.report import esc, image, table
+        from gandid.report import anchor, esc, image, pct, pp, table
 
-        parts = [f"<p>Layer <code>{esc(result['layer'])}</code>, {esc(result['samples'])} latents per estimate.</p>"]
+        parts = [f"<p>Layer <code>{esc(result['layer'])}</code>, {esc(result['samples'])} latents per estimate. "
+                 "ACE is the change in the fraction of image pixels of the class between inserting and ablating "
+                 "a unit, in percentage points (pp).</p>"]
         for name, e in result["classes"].items():
             top = e["ranking"][:5]
-            removed = e["topk_removed_fraction"]
-            parts.append(f"<h3>{esc(name)}</h3>")
-            parts.append(table(["rank", "unit", "ACE"], [(i + 1, u, f"{e['unit_ace'][u]:+.4f}") for i, u in
-                                                         enumerate(top)]))
-            parts.append(f"<p>Ablating the top {e['curve_k'][-1]} units removes {removed[-1]:.0%} of {esc(name)}; "
+            removed, k = e["topk_removed_fraction"][-1], e["curve_k"][-1]
+            base = e.get("base_area", result["class_area"].get(name))
+            parts.append(f"<h3 id='{esc(anchor('ace', name))}'>{esc(name)}</h3>")
+            area = f" (it covers {esc(pct(base, 1))} of the pixels)" if base is not None else ""
+            parts.append(f"<p>Ablating the top {k} units removes <b>{esc(pct(removed))}</b> of {esc(name)}{area}; "
                          f"the alpha optimisation turned on {len(e['alpha_opt']['units_above_half'])} units "
-                         f"(final ACE {e['alpha_opt']['final_delta']:+.3f}).</p>")
+                         f"(final soft ACE {esc(pp(e['alpha_opt']['final_delta']))}).</p>")
+            tables = [f"<div><p class='muted'>The top {len(top)} units</p>"
+                      + table(["rank", "unit", "ACE"], [(i + 1, u, pp(e["unit_ace"][u])) for i, u in enumerate(top)])
+                      + "</div>"]
             ctx_rows = sorted(e["context_gain"].items(), key=lambda kv: -kv[1]["mean_gain"])
             if ctx_rows:
-                parts.append(table(["context class", "mean gain", "locations"],
-                                   [(k, f"{v['mean_gain']:+.4f}", v["count"]) for k, v in ctx_rows]))
-            parts.append(image(f"ace_{name}.png", f"ACE per unit and ablation curve, {name}"))
+                tables.append(f"<div><p class='muted'>Top units inserted at one location: mean gain of {esc(name)} "
+                              "by the class found there</p>"
+                              + table(["context class", "mean gain", "locations"],
+                                      [(c, pp(v["mean_gain"], 3), v["count"]) for c, v in ctx_rows]) + "</div>")
+            parts.append("<div class='grid'>" + "".join(tables) + "</div>")
+            parts.append(image(f"ace_{name}.png", f"ACE per unit (pp) and ablation curve, {name}"))
         return "\n".join(parts)
 
 

@@ -14,6 +14,8 @@ from gandid import hookimpl
 from gandid.intervene import BetaControl, BufferPool, Intervention, counterfactuals
 from gandid.stats import bootstrap_ci
 
+from .ace import check_class_names
+
 ARMS = ("original", "intervened", "intervened_fixed_beta", "original_swapped_beta")
 ARM_TITLES = ("Y(β,u)", "Y(β',u')", "Y(β,u')", "Y(β',u)")
 
@@ -30,10 +32,25 @@ class DID:
 
     requires = ("ace",)
 
-    def __init__(self, top_k: int = 20, classes=None, sites=None, samples: int | None = None, panels: int = 4,
-                 resamples: int = 2000):
+    def __init__(self, top_k: int = 20, classes: list[str] | None = None, sites: list[str] | None = None,
+                 samples: int | None = None, panels: int = 4, resamples: int = 2000):
+        for name, n in {"top_k": top_k, "samples": 1 if samples is None else samples, "resamples": resamples,
+                        "panels": panels + 1}.items():
+            if n < 1:
+                raise ValueError(f"did: {name} must be at least {0 if name == 'panels' else 1}")
         self.top_k, self.classes, self.sites, self.samples = top_k, classes, sites, samples
         self.panels, self.resamples = panels, resamples
+
+    def check(self, generator, segmenter, layers):
+        """Before any work: the class names exist and the norm sites are the generator's."""
+        check_class_names("did", self.classes, segmenter)
+        if self.sites is not None:
+            known = [s.name for s in getattr(generator, "norm_sites", [])]
+            for site in self.sites:
+                if site not in known:
+                    from gandid.errors import UnknownNameError
+
+                    raise UnknownNameError("norm site in did's sites", site, known)
 
     def run(self, ctx):
         gen, seg = ctx.generator, ctx.segmenter
@@ -66,8 +83,7 @@ class DID:
                 dy = arms.did.double()
                 st["dy_sum"] = dy.sum(0) if st["dy_sum"] is None else st["dy_sum"] + dy.sum(0)
                 st["dy_abs_sum"] = dy.abs().sum(0) if st["dy_abs_sum"] is None else st["dy_abs_sum"] + dy.abs().sum(0)
-                if batch.start == 0:
-                    self.draw_panels(ctx, name, arms)
+                self.keep_panel_samples(st, batch.start, a[0][:, labels.index(name)])
                 st["done"] = batch.start + len(batch.z)
                 ctx.save_state(state)
             per_sample = torch.cat(st["area_did"]) if st["area_did"] else torch.zeros(0, len(labels))
@@ -83,25 +99,49 @@ class DID:
                 entry["area_did"][other] = {"mean": float(values.mean()) if len(values) else 0.0, "ci95": [lo, hi]}
             if st["dy_abs_sum"] is not None:
                 self.draw_map(ctx, name, st["dy_abs_sum"] / n)
+                self.draw_panels(ctx, name, labels, st, iv, control)
             result["classes"][name] = entry
         return result
 
-    def draw_panels(self, ctx, name, arms):
-        """The four arms, the two inner differences and ΔY for a few samples (the paper's Figure 4)."""
+    def keep_panel_samples(self, st, start, area):
+        """Remember the ``panels`` samples with the largest area of the ablated class in the original
+        image (only samples where it is present), and how many samples contain it. Pictures only:
+        the numbers never read this."""
+        present = [[float(a), start + i] for i, a in enumerate(area.tolist()) if a > 0]
+        kept = sorted(st.get("panel_samples", []) + present, key=lambda e: (-e[0], e[1]))
+        st["panel_samples"] = kept[: self.panels]
+        st["panel_present"] = st.get("panel_present", 0) + len(present)
+
+    def draw_panels(self, ctx, name, labels, st, iv, control):
+        """The four arms, the two inner differences and ΔY for a few samples (the paper's Figure 4):
+        the samples where the ablated class covers the largest area, regenerated from their seeds;
+        samples without it fill the rows only when fewer than ``panels`` contain it, and say so."""
+        if self.panels < 1:
+            return
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = min(self.panels, len(arms.original))
+        gen = ctx.generator
+        chosen = [int(i) for _, i in st.get("panel_samples", [])]
+        rows = min(self.panels, st["done"])
+        chosen += [i for i in range(rows + len(chosen)) if i not in chosen][: rows - len(chosen)]
+        if not chosen:
+            return
+        with torch.no_grad():
+            z = torch.cat([gen.sample_z(1, ctx.config.seed, start=i) for i in chosen]).to(ctx.device)
+            arms = counterfactuals(gen, z, iv, control)
+            area = areas(ctx.segmenter, arms.original, len(labels))[:, labels.index(name)].tolist()
         inner_prime = arms.intervened - arms.original_swapped_beta
         inner = arms.intervened_fixed_beta - arms.original
         cols = [(getattr(arms, arm), t) for arm, t in zip(ARMS, ARM_TITLES)] + [
             (inner_prime, "Y(β',u')-Y(β',u)"), (inner, "Y(β,u')-Y(β,u)"), (arms.did, "ΔY")]
-        fig, axes = plt.subplots(rows, len(cols), figsize=(1.6 * len(cols), 1.7 * rows), squeeze=False)
-        for r in range(rows):
+        fig, axes = plt.subplots(len(chosen), len(cols), figsize=(1.6 * len(cols), 1.7 * len(chosen) + 0.3),
+                                 squeeze=False)
+        for r in range(len(chosen)):
             for k, (imgs, title) in enumerate(cols):
-                img = imgs[r].float()
+                img = imgs[r].float().cpu()
                 if k >= 4:  # differences: centred at grey
                     img = img / max(1e-6, float(img.abs().max()))
                 img = ((img.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
@@ -111,7 +151,13 @@ class DID:
                 ax.set_yticks([])
                 if r == 0:
                     ax.set_title(title, fontsize=7)
-        fig.suptitle(f"DID of pixel norm, top units of {name} ablated", fontsize=8)
+            share = f"{100 * area[r]:.1f}%" if area[r] > 0 else "absent"
+            axes[r][0].set_ylabel(f"sample {chosen[r]}\n{name} {share}", fontsize=6)
+        present = st.get("panel_present")
+        title = f"DID of pixel norm, top units of {name} ablated: the samples with the most {name}"
+        if present is not None and present < len(chosen):
+            title += f"\n(only {present} of {st['done']} samples contain {name})"
+        fig.suptitle(title, fontsize=8)
         fig.tight_layout()
         fig.savefig(ctx.path(f"did_{name}.png"), dpi=110)
         plt.close(fig)
@@ -131,21 +177,64 @@ class DID:
         plt.close(fig)
 
 
+    def report_findings(self, result, top: int = 3):
+        """The largest in-painting effects whose 95% interval is above zero, and the largest removal."""
+        from gandid.report import Finding, anchor, esc, interval, link, pp
+
+        effects = [(name, other, v) for name, e in result["classes"].items() for other, v in e["area_did"].items()]
+        if not effects:
+            return []
+        k = {len(e["units"]) for e in result["classes"].values()}
+        k = f"{k.pop()} " if len(k) == 1 else ""
+
+        def say(name, other, v):
+            what = f"{esc(other)} (the ablated class itself)" if other == name else esc(other)
+            return (f"{link(anchor('did', name), name)} ablated: {what} <b>{esc(pp(v['mean']))}</b> "
+                    f"{esc(interval(*v['ci95']))}")
+
+        found = []
+        up = sorted((t for t in effects if t[2]["ci95"][0] > 0), key=lambda t: -t[2]["mean"])
+        if up:
+            found.append(Finding(f"Pixel norm in-paints under ablation (area DID, share of image pixels, 95% "
+                                 f"interval), largest of {len(up)} effects above zero: "
+                                 + "; ".join(say(*t) for t in up[:top]) + ".", anchor("did", up[0][0])))
+        else:
+            found.append(f"Ablating each class's top {k}units, no class is in-painted by pixel norm with a 95% "
+                         "interval above zero.")
+        down = sorted((t for t in effects if t[2]["ci95"][1] < 0), key=lambda t: t[2]["mean"])
+        if down:
+            found.append(Finding("Largest removal by pixel norm: " + say(*down[0]) + ".", anchor("did", down[0][0])))
+        return found
+
     def report_section(self, result, out_dir):
-        from gandid.report import esc, image, table
+        from pathlib import Path
+
+        from gandid.report import anchor, esc, fmt, image, interval, pct, pp, table
 
         parts = [f"<p>Layer <code>{esc(result['layer'])}</code>; β controlled at {len(result['sites'])} sites "
                  f"({esc(', '.join(result['sites']))}). Area DID: [A(β',u') - A(β',u)] - [A(β,u') - A(β,u)], "
-                 "positive where pixel norm in-paints.</p>"]
+                 "A a class's share of the image pixels, in percentage points (pp): positive where pixel norm "
+                 "in-paints the class, negative where it removes it. Intervals: bootstrap 95% over samples.</p>"]
         for name, e in result["classes"].items():
             rows = sorted(e["area_did"].items(), key=lambda kv: -abs(kv[1]["mean"]))
-            parts.append(f"<h3>top {len(e['units'])} units of {esc(name)} ablated ({e['samples']} samples)</h3>")
-            parts.append(table(["class", "area DID", "95% interval"],
-                               [(k, f"{v['mean']:+.4f}", f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]")
-                                for k, v in rows]))
-            parts.append(f"<p>mean |ΔY| = {e['pixel_did_mean_abs']:.4f}</p>")
-            parts.append("<div class='grid'>" + image(f"did_{name}.png", "arms, inner differences and ΔY")
-                         + image(f"did_{name}_map.png", "mean |ΔY| per pixel") + "</div>")
+            before, after = e["arm_mean_area"]["Y(β,u)"], e["arm_mean_area"]["Y(β',u')"]
+            shown = [(k, v) for k, v in rows if v["mean"] != 0 or v["ci95"] != [0, 0] or before.get(k) or after.get(k)]
+            parts.append(f"<h3 id='{esc(anchor('did', name))}'>top {len(e['units'])} units of {esc(name)} ablated "
+                         f"({e['samples']} samples)</h3>")
+            numbers = table(["class", "area DID", "95% interval", "area Y(β,u)", "area Y(β',u')"],
+                            [(k, pp(v["mean"]), interval(*v["ci95"]), pct(before.get(k, 0), 1),
+                              pct(after.get(k, 0), 1)) for k, v in shown])
+            if len(shown) < len(rows):
+                numbers += (f"<p class='muted'>{len(rows) - len(shown)} classes absent from every arm are "
+                            "not listed.</p>")
+            numbers += f"<p>mean |ΔY| = {esc(fmt(e['pixel_did_mean_abs'], 4))} (image values in [-1, 1])</p>"
+            if (Path(out_dir) / f"did_{name}_map.png").exists():  # the small map beside the table
+                numbers = (f"<div class='grid'><div>{numbers}</div>"
+                           + image(f"did_{name}_map.png", "mean |ΔY| per pixel") + "</div>")
+            parts.append(numbers)
+            if (Path(out_dir) / f"did_{name}.png").exists():
+                parts.append(image(f"did_{name}.png", f"arms, inner differences and ΔY for the samples with the "
+                                                      f"most {name} (row labels: sample, its area)"))
         return "\n".join(parts)
 
 

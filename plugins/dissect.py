@@ -167,7 +167,7 @@ class Dissect:
             seeds = entry["top_seeds"][:images]
             with torch.no_grad():
                 z = torch.cat([ctx.generator.sample_z(1, ctx.config.seed, start=s) for s in seeds]).to(ctx.device)
-                from gandid.model import Trace
+                from gandid.hooks import Trace
 
                 with Trace(ctx.generator, [layer]) as trace:
                     imgs = ctx.generator.forward(z).clamp(-1, 1).float().cpu()
@@ -212,20 +212,42 @@ class Dissect:
                 "interpretable_by_category": by_category, "interpretable_total": sum(interpretable.values())}
 
 
+    def report_findings(self, result):
+        from gandid.report import Finding, anchor, esc, fmt
+
+        found = []
+        for layer, entry in result["layers"].items():
+            counts = sorted(entry["interpretable"].items(), key=lambda kv: (-kv[1], kv[0]))
+            classes = list(entry["units"][0]["iou_per_class"]) if entry["units"] else []
+            none = [c for c in classes if c not in entry["interpretable"]]
+            listed = ", ".join(f"{esc(k)} {v}" for k, v in counts[:12]) + (
+                f" and {len(counts) - 12} more" if len(counts) > 12 else "")
+            text = (f"<b>{entry['interpretable_total']} of {len(entry['units'])}</b> units of "
+                    f"<code>{esc(layer)}</code> are interpretable (best IoU &gt; {esc(fmt(result['iou_threshold']))})"
+                    + (f", for {len(counts)} classes: {listed}" if counts else "") + ".")
+            if none:
+                text += f" No unit for {esc(', '.join(none))}."
+            found.append(Finding(text, anchor("dissect", layer)))
+            if entry["units"]:
+                best = max(entry["units"], key=lambda e: e["iou"])
+                found.append(Finding(f"Best unit: unit {best['unit']} draws {esc(best['label'])} "
+                                     f"(IoU {esc(fmt(best['iou'], 3))}).", anchor("dissect", layer, "units")))
+        return found
+
     def report_section(self, result, out_dir):
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from gandid.report import esc, image, table
+        from gandid.report import anchor, esc, fmt, image, sig, table
 
         parts = [f"<p>Thresholds: <code>{esc(result['threshold_mode'])}</code>; a unit is interpretable when "
-                 f"its best IoU exceeds {esc(result['iou_threshold'])}.</p>"]
+                 f"its best IoU with a class exceeds {esc(fmt(result['iou_threshold']))}.</p>"]
         for layer, entry in result["layers"].items():
-            counts = sorted(entry["interpretable"].items(), key=lambda kv: -kv[1])
-            parts.append(f"<h3>{esc(layer)}: {entry['interpretable_total']} interpretable units of "
-                         f"{len(entry['units'])}</h3>")
+            counts = sorted(entry["interpretable"].items(), key=lambda kv: (-kv[1], kv[0]))
+            parts.append(f"<h3 id='{esc(anchor('dissect', layer))}'>{esc(layer)}: {entry['interpretable_total']} "
+                         f"interpretable units of {len(entry['units'])}</h3>")
             if counts:
                 fig, ax = plt.subplots(figsize=(6, 2.6))
                 ax.bar([k for k, _ in counts], [v for _, v in counts], color="#4c72b0")
@@ -236,8 +258,10 @@ class Dissect:
                 plt.close(fig)
                 parts.append(image(f"dissect_{layer}_counts.png", "interpretable units per class"))
             best = sorted(entry["units"], key=lambda e: -e["iou"])[:12]
-            parts.append(table(["unit", "label", "IoU", "threshold"],
-                               [(e["unit"], e["label"], f"{e['iou']:.3f}", f"{e['threshold']:.3g}") for e in best]))
+            parts.append(f"<p id='{esc(anchor('dissect', layer, 'units'))}'>The {len(best)} units with the "
+                         "highest IoU (threshold: the unit's activation level that counts as on):</p>")
+            parts.append(table(["unit", "class", "IoU", "threshold"],
+                               [(e["unit"], e["label"], fmt(e["iou"], 3), sig(e["threshold"])) for e in best]))
             if (Path(out_dir) / f"dissect_{layer}_top_units.png").exists():
                 parts.append(image(f"dissect_{layer}_top_units.png",
                                    "top units: their highest-activating samples, unit mask outlined"))

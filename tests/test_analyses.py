@@ -7,6 +7,7 @@ import torch
 
 from gandid import hookimpl
 from gandid.config import RunConfig
+from gandid.outdir import MARKER
 from gandid.registry import Registry
 from gandid.runner import run
 from ground_truth import LABELS, GroundTruthGenerator, GroundTruthSegmenter
@@ -102,7 +103,7 @@ def test_dissect_statistics_merge_from_two_halves(tmp_path, gt_registry):
     (tmp_path / "rest" / "state").mkdir()
     torch.save(state, tmp_path / "rest" / "state" / "dissect.pt")
     cfg = gt_config(tmp_path, out=str(tmp_path / "rest"))
-    record = {"config": cfg.to_json(), "stages": {}, "files": [], "status": "interrupted"}
+    record = {"format": MARKER, "config": cfg.to_json(), "stages": {}, "files": [], "status": "interrupted"}
     (tmp_path / "rest" / "run.json").write_text(json.dumps(record))
     cfg.resume = True
     merged = run(cfg, registry=gt_registry).results["dissect"]

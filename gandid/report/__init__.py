@@ -1,44 +1,189 @@
 """report.html: one self-contained page (images referenced relatively) that links a run's results.
 
-The core knows no analysis: each analysis may offer ``report_section(result, out_dir) -> html``
-(escaped by the analysis with :func:`esc`); the others get a link to their JSON.
+The page leads with a **Findings** summary, then the samples, one section per analysis in pipeline
+order, the stages, and the run configuration collapsed at the end.
+
+The core knows no analysis. Each analysis may offer, both optional:
+
+- ``report_section(result, out_dir) -> str``: the HTML of its section (everything that came from a
+  plugin, a config or a file escaped with :func:`esc`). The core writes ``<h2 id="NAME">`` above it;
+  finer anchors inside it come from :func:`anchor`. Analyses without it get a link to ``NAME.json``.
+- ``report_findings(result) -> list[Finding | str]``: a few sentences written from the result for
+  the summary at the top, each an HTML fragment (escaped with :func:`esc`, the same rule as
+  sections) and linked to ``#NAME`` or to the :class:`Finding`'s finer ``anchor`` (an id the
+  section writes). A plain ``str`` is a finding linked to the section.
+
+Both are called once per report; an exception in either is shown on the page and loses nothing
+else. Numbers go through the helpers here so units and signs read the same everywhere: :func:`pp`
+(a change in a fraction of pixels, as percentage points), :func:`pct`, :func:`fmt`,
+:func:`fmt_signed`, :func:`sig`, :func:`interval`; none of them prints ``-0``.
+
+Every image the page shows (``<img src>`` of a file in the output folder, including images a
+section draws while the report is written) is added to ``record["files"]``, which the runner then
+writes to run.json.
 """
 from __future__ import annotations
 
 import html
-import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;line-height:1.4}
-h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.1em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+h3{margin-top:1.4em}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:.25em .6em;font-size:.9em}
-th{background:#f4f4f4} img{max-width:100%;border:1px solid #eee} .muted{color:#777;font-size:.9em}
-.grid{display:flex;flex-wrap:wrap;gap:1em} .grid figure{margin:0} figcaption{font-size:.8em;color:#555}
+th{background:#f4f4f4;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee} .muted{color:#666;font-size:.9em}
+.grid{display:flex;flex-wrap:wrap;gap:0 2em;align-items:flex-start}
+.grid figure{margin:.5em 0} .grid>div{max-width:36em}
+figure{margin:.5em 0} figcaption{font-size:.8em;color:#555}
 code{background:#f4f4f4;padding:0 .2em}
+.summary{background:#f6f8fb;border:1px solid #d8e0ec;border-radius:6px;padding:.6em 1.4em 1em;margin-top:1.2em}
+.summary h2{border:0;margin:.3em 0 .2em}
+.summary h3{font-size:1em;margin:.9em 0 .2em;text-transform:uppercase;letter-spacing:.04em;color:#456}
+.summary h3 a{color:inherit;text-decoration:none}
+.summary ul{margin:.2em 0;padding-left:1.3em} .summary li{margin:.25em 0}
+.summary li.failed{color:#a33}
+a.more{font-size:.85em;white-space:nowrap;text-decoration:none}
+nav.toc{font-size:.9em;margin:.8em 0} nav.toc a{margin-right:.9em}
+details{margin-top:2em;border-top:1px solid #ddd;padding-top:.5em}
+summary{font-weight:600;cursor:pointer;font-size:1.1em}
+tr:target,h3:target{background:#fff6d5}
 """
 
-# Lets a headless browser (and a reader) see broken images and script errors in the title.
+# Lets a headless browser (and a reader) see broken images, script errors and links to no id in the title.
 CHECK = """<script>
 window.__errors = 0;
 window.addEventListener('error', function () { window.__errors += 1; }, true);
 window.addEventListener('load', function () {
   var broken = 0; var imgs = document.images;
   for (var i = 0; i < imgs.length; i++) { if (!imgs[i].complete || imgs[i].naturalWidth === 0) broken += 1; }
-  document.title = document.title + ' [images ' + imgs.length + ', broken ' + broken + ', errors ' + window.__errors + ']';
+  var dangling = 0; var links = document.querySelectorAll('a[href^="#"]');
+  for (var j = 0; j < links.length; j++) {
+    if (!document.getElementById(decodeURIComponent(links[j].getAttribute('href').slice(1)))) dangling += 1;
+  }
+  document.title = document.title + ' [images ' + imgs.length + ', broken ' + broken + ', errors ' + window.__errors
+    + ', links ' + links.length + ', dangling ' + dangling + ']';
 });
 </script>"""
 
+NBSP = "\u00a0"
 
+
+# -- escaping and markup ------------------------------------------------------------------------
 def esc(value) -> str:
     """Escape anything that came from a plugin, a config or a file."""
     return html.escape(str(value), quote=True)
 
 
-def table(header, rows) -> str:
+class Html(str):
+    """A string that is already HTML (built with :func:`esc`): :func:`table` puts it in unescaped."""
+
+
+def anchor(*parts) -> str:
+    """A stable id for a place in the page, e.g. ``anchor("ace", "lamp") == "ace-lamp"``."""
+    slug = re.sub(r"[^a-z0-9_]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
+    return slug or "section"
+
+
+def link(target: str, text) -> Html:
+    """``<a href="#target">text</a>``, text escaped."""
+    return Html(f"<a href='#{esc(target)}'>{esc(text)}</a>")
+
+
+@dataclass
+class Finding:
+    """One sentence of the findings summary: ``html`` (escaped by the analysis) and the id of the
+    place in the page that shows the evidence (default: the analysis's section)."""
+
+    html: str
+    anchor: str | None = None
+
+
+# -- numbers -----------------------------------------------------------------------------------
+def _number(x, digits: int, signed: bool, scale: float = 1.0) -> str:
+    if x is None:
+        return "n/a"
+    x = float(x) * scale
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return ("+" if signed and x > 0 else "-" if x < 0 else "") + "∞"
+    s = f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+    if float(s) == 0:  # never "-0.00" (nor "+0.00": zero has no sign)
+        s = f"{0:.{digits}f}"
+    return s
+
+
+def fmt(x, digits: int = 2) -> str:
+    """A plain number with ``digits`` decimals, never ``-0.00``."""
+    return _number(x, digits, signed=False)
+
+
+def sig(x, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits (``%g``), never ``-0``."""
+    if x is None or math.isnan(float(x)):
+        return "n/a"
+    s = f"{float(x):.{digits}g}"
+    return "0" if float(s) == 0 else s
+
+
+def fmt_signed(x, digits: int = 2) -> str:
+    """A difference: ``+1.23`` / ``-1.23`` / ``0.00``."""
+    return _number(x, digits, signed=True)
+
+
+def pct(x, digits: int = 0) -> str:
+    """A fraction as a percentage: ``pct(0.423) == "42%"``."""
+    s = _number(x, digits, signed=False, scale=100)
+    return s if s == "n/a" else s + "%"
+
+
+def pp(x, digits: int = 2, signed: bool = True) -> str:
+    """A change in a fraction (of image pixels) as percentage points: ``pp(0.0123) == "+1.23 pp"``."""
+    s = _number(x, digits, signed=signed, scale=100)
+    return s if s == "n/a" else s + NBSP + "pp"
+
+
+def interval(lo, hi, digits: int = 2, unit: str = "pp") -> str:
+    """A confidence interval of two fractions: ``[+0.91, +1.52] pp`` (unit ``"pp"``, ``"%"`` or ``""``)."""
+    scale = 100 if unit in ("pp", "%") else 1
+    body = f"[{_number(lo, digits, True, scale)}, {_number(hi, digits, True, scale)}]"
+    return body + (NBSP + unit if unit == "pp" else unit)
+
+
+def seconds(s) -> str:
+    """A duration: ``12.3 s``, ``4 min 05 s``."""
+    s = float(s or 0)
+    if s < 60:
+        return f"{s:.1f}{NBSP}s"
+    m, r = divmod(int(round(s)), 60)
+    return f"{m}{NBSP}min {r:02d}{NBSP}s" if m < 60 else f"{m // 60}{NBSP}h {m % 60:02d}{NBSP}min"
+
+
+# -- building blocks ---------------------------------------------------------------------------
+def _cell(c) -> str:
+    if isinstance(c, Html):
+        return f"<td>{c}</td>"
+    if isinstance(c, (int, float)) and not isinstance(c, bool):
+        return f"<td class='num'>{esc(c)}</td>"
+    text = str(c)
+    numeric = re.fullmatch(r"[+-]?(\d[\d.,]*|∞)(%| pp| s)?|\[[^\]]*\](%| pp)?", text.replace(NBSP, " "))
+    return f"<td class='num'>{esc(text)}</td>" if numeric else f"<td>{esc(text)}</td>"
+
+
+def table(header, rows, row_ids=None) -> str:
+    """A table; cells are escaped unless they are :class:`Html`. ``row_ids`` gives each row an id."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    body = []
+    for i, row in enumerate(rows):
+        rid = f" id='{esc(row_ids[i])}'" if row_ids and row_ids[i] else ""
+        body.append(f"<tr{rid}>" + "".join(_cell(c) for c in row) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def image(path: str, caption: str = "") -> str:
@@ -46,38 +191,164 @@ def image(path: str, caption: str = "") -> str:
     return f'<figure><img src="{esc(path)}" alt="{esc(caption or path)}">{cap}</figure>'
 
 
-def write_report(out_dir, record: dict, analyses: dict, results: dict) -> Path:
-    """Write ``out_dir/report.html`` from run.json's record and each analysis's result."""
-    out_dir = Path(out_dir)
+def readable(value) -> str:
+    """A config value for people: None -> "default", empty -> "—", lists joined, dicts as k = v."""
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(readable(v) for v in value) if value else "—"
+    if isinstance(value, dict):
+        return "; ".join(f"{k} = {readable(v)}" for k, v in value.items()) if value else "—"
+    if value == "":
+        return "—"
+    return str(value)
+
+
+# -- the page ------------------------------------------------------------------------------------
+def _call(analysis, method, *args):
+    """analysis.method(*args), or (None, error html) when it raises."""
+    try:
+        return getattr(analysis, method)(*args), None
+    except Exception as exc:  # a broken plugin method must not lose the report
+        return None, f"{esc(method)} failed: {esc(type(exc).__name__)}: {esc(exc)}"
+
+
+def _findings(record: dict, analyses: dict, results: dict) -> str:
+    groups = []
+    stages = record.get("stages", {})
+    for name in list(dict.fromkeys([*stages, *results])):
+        items = []
+        status = stages.get(name, {}).get("status")
+        if name not in results:
+            if status in ("failed", "skipped", "interrupted"):
+                error = stages[name].get("error", "")
+                items.append(f"<li class='failed'>{esc(name)} {esc(status)}{': ' + esc(error) if error else ''} "
+                             "<a class='more' href='#stages'>stages&nbsp;›</a></li>")
+            if items:
+                groups.append((name, items))
+            continue
+        analysis = analyses.get(name)
+        if analysis is None or not hasattr(analysis, "report_findings"):
+            continue
+        found, error = _call(analysis, "report_findings", results[name])
+        if error:
+            items.append(f"<li class='failed'>{error}</li>")
+        for f in found or []:
+            f = f if isinstance(f, Finding) else Finding(str(f))
+            target = f.anchor or name
+            items.append(f"<li>{f.html} <a class='more' href='#{esc(target)}'>details&nbsp;›</a></li>")
+        if items:
+            groups.append((name, items))
+    if not groups:
+        body = "<p class='muted'>No analysis wrote findings; see the sections below.</p>"
+    else:
+        body = "".join(f"<h3><a href='#{esc(name)}'>{esc(name)}</a></h3><ul>{''.join(items)}</ul>"
+                       for name, items in groups)
+    return f"<section class='summary' id='findings'><h2>Findings</h2>{body}</section>"
+
+
+def _headline(record: dict) -> str:
     cfg = record.get("config", {})
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>gandid report</title>"
-             f"<style>{STYLE}</style>{CHECK}</head><body>",
-             "<h1>gandid report</h1>",
-             f"<p class='muted'>status <b>{esc(record.get('status'))}</b>, started {esc(record.get('started'))}, "
-             f"ended {esc(record.get('ended', ''))}; fused op: {esc(record.get('op_backend'))}; "
-             f"device {esc(record.get('device'))}; gandid {esc(record.get('gandid_version'))}</p>",
-             "<h2>Run configuration</h2>",
-             table(["option", "value"], [(k, json.dumps(v)) for k, v in cfg.items()]
-                   + ([("analysis options in effect", json.dumps(record["analysis_options"]))]
-                      if "analysis_options" in record else []))]
-    if (out_dir / "samples.png").exists():
-        parts += ["<h2>Samples</h2>", image("samples.png", "generated samples and their segmentation")]
-    stage_rows = [(n, s.get("status"), f"{s.get('seconds', 0):.1f} s", s.get("error", ""))
-                  for n, s in record.get("stages", {}).items()]
-    parts += ["<h2>Stages</h2>", table(["analysis", "status", "time", "error"], stage_rows)]
+    bits = []
+    for key, label in (("generator", "generator"), ("segmenter", "segmenter")):
+        if cfg.get(key):
+            bits.append(f"{label} <b>{esc(cfg[key])}</b>")
+    if cfg.get("samples") is not None:
+        bits.append(f"{esc(cfg['samples'])} samples (seed {esc(cfg.get('seed', 0))})")
+    if record.get("layers"):
+        bits.append("layer " + ", ".join(f"<code>{esc(l)}</code>" for l in record["layers"]))
+    status = f"<b>{esc(record.get('status'))}</b>{esc(_took(record))}"
+    bits.append(f"{status} on {esc(record.get('device'))} (fused op {esc(record.get('op_backend'))})")
+    return f"<p class='muted'>{' · '.join(bits)}; started {esc(_when(record.get('started')))}.</p>"
+
+
+def _took(record: dict) -> str:
+    """`` in 5 min 18 s`` from start to end, none for a resumed run (its span would count the pause)."""
+    if record.get("resumes"):
+        return f" (resumed {len(record['resumes'])}×)"
+    try:
+        took = datetime.fromisoformat(record["ended"]) - datetime.fromisoformat(record["started"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return f" in {seconds(took.total_seconds())}"
+
+
+def _when(stamp) -> str:
+    """An ISO time stamp as ``2026-11-24 05:49 UTC`` (as given when it does not parse)."""
+    try:
+        t = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return str(stamp)
+    zone = "UTC" if t.utcoffset() is not None and not t.utcoffset() else t.strftime("%z")
+    return f"{t:%Y-%m-%d %H:%M} {zone}".strip()
+
+
+def _configuration(record: dict) -> str:
+    cfg = record.get("config", {})
+    rows = [(k, readable(v)) for k, v in cfg.items()]
+    parts = [table(["option", "value"], rows)]
+    options = record.get("analysis_options")
+    if options is not None:
+        parts.append("<p>Analysis options in effect (the config's over the generator's suggestions; "
+                     "anything not listed is the analysis's default):</p>")
+        parts.append(table(["analysis", "options"], [(k, readable(v)) for k, v in options.items()]))
+    versions = record.get("versions", {})
+    plain = [(k, v) for k, v in versions.items() if not isinstance(v, dict)]
+    if plain:
+        parts.append(table(["software", "version"], plain))
+    return ("<details id='configuration'><summary>Run configuration</summary>" + "".join(parts) + "</details>")
+
+
+def _images(page: str, out_dir: Path) -> list[str]:
+    """The output folder's files that the page shows as images, in page order."""
+    found = []
+    for src in re.findall(r"<img\b[^>]*\bsrc=[\"']([^\"']+)[\"']", page):
+        src = html.unescape(src)
+        if re.match(r"^[a-z][a-z0-9+.-]*:", src, re.I) or src.startswith(("/", "#")):
+            continue
+        if (out_dir / src).is_file():
+            found.append(src)
+    return list(dict.fromkeys(found))
+
+
+def write_report(out_dir, record: dict, analyses: dict, results: dict) -> Path:
+    """Write ``out_dir/report.html`` from run.json's record and each analysis's result.
+
+    Adds every image the page shows to ``record["files"]`` (the caller writes run.json after)."""
+    out_dir = Path(out_dir)
+    body = []
+    has_samples = (out_dir / "samples.png").exists()
+    if has_samples:
+        body += ["<h2 id='samples'>Samples</h2>", image("samples.png", "generated samples and their segmentation")]
     for name, result in results.items():
         analysis = analyses.get(name)
-        parts.append(f"<h2 id='{esc(name)}'>{esc(name)}</h2>")
+        body.append(f"<h2 id='{esc(name)}'>{esc(name)}</h2>")
         section = None
         if analysis is not None and hasattr(analysis, "report_section"):
-            try:
-                section = analysis.report_section(result, out_dir)
-            except Exception as exc:  # a broken section must not lose the report
-                section = f"<p class='muted'>section failed: {esc(type(exc).__name__)}: {esc(exc)}</p>"
-        parts.append(section or f"<p><a href='{esc(name)}.json'>{esc(name)}.json</a></p>")
-    parts.append("<p class='muted'>Files: " + ", ".join(f"<a href='{esc(f)}'>{esc(f)}</a>"
-                                                       for f in record.get("files", [])) + "</p>")
-    parts.append("</body></html>")
+            section, error = _call(analysis, "report_section", result, out_dir)
+            if error:
+                section = f"<p class='muted'>{error}</p>"
+        body.append(section or f"<p><a href='{esc(name)}.json'>{esc(name)}.json</a></p>")
+    stage_rows = [(n, s.get("status"), seconds(s.get("seconds", 0)), s.get("error", ""))
+                  for n, s in record.get("stages", {}).items()]
+    body += ["<h2 id='stages'>Stages</h2>", table(["analysis", "status", "time", "error"], stage_rows)]
+
+    record["files"] = list(dict.fromkeys(record.get("files", []) + _images("\n".join(body), out_dir)))
+    toc = [("findings", "Findings")] + ([("samples", "Samples")] if has_samples else []) + \
+        [(n, n) for n in results] + [("stages", "Stages"), ("configuration", "Run configuration"), ("files", "Files")]
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>gandid report</title>"
+             f"<style>{STYLE}</style>{CHECK}</head><body>",
+             "<h1>gandid report</h1>",
+             _headline(record),
+             _findings(record, analyses, results),
+             "<nav class='toc'>" + "".join(f"<a href='#{esc(a)}'>{esc(t)}</a>" for a, t in toc) + "</nav>",
+             *body,
+             _configuration(record),
+             "<p class='muted' id='files'>Files: " + ", ".join(f"<a href='{esc(f)}'>{esc(f)}</a>"
+                                                              for f in record.get("files", [])) + "</p>",
+             "</body></html>"]
     path = out_dir / "report.html"
     path.write_text("\n".join(parts))
     return path
