@@ -35,14 +35,16 @@ def snapshot(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def user_files(tmp_path):
-    """A user's own files beside the output folder, which no case may touch."""
+    """A user's own files beside the output folder: every case must leave them untouched."""
     home = tmp_path / "home"
     (home / "notes").mkdir(parents=True)
     (home / "thesis.tex").write_text("precious")
     (home / "notes" / "run.json").write_text('{"mine": true}')
-    return home, snapshot(home)
+    before = snapshot(home)
+    yield home, before
+    assert snapshot(home) == before
 
 
 def gandid_cli(*args, env=None, cwd=None):
