@@ -11,6 +11,7 @@ It streams samples with ``ctx.batches()`` and keeps only fixed-size statistics, 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +21,9 @@ import torch
 from .errors import GandidError
 from .hooks import Trace
 from .model import iter_chunks
+from .stats import Stat
+
+SAVE_EVERY_SECONDS = 10.0  # a stage's statistics reach the disk at most this often (and at the end)
 
 
 @dataclass
@@ -75,6 +79,7 @@ class RunContext:
         self.results = results
         self.artefacts: list[str] = []
         self._on_artefact = on_artefact  # the runner lists each file in run.json as soon as it is made
+        self._state: dict | None = None
 
     # -- streaming ------------------------------------------------------------------------
     @torch.no_grad()
@@ -124,13 +129,34 @@ class RunContext:
         finally:
             self.progress.remove_task(task)
 
+    def tally(self, stats: dict[str, Stat], key: str, save_every: float = SAVE_EVERY_SECONDS,
+              **batch_options) -> "Tally":
+        """Stream batches into ``stats``, resumably: the statistics (and how many samples they cover)
+        are restored from this stage's saved state under ``key``, the remaining batches are yielded for
+        the caller to update ``stats`` with, and the statistics are saved at most every ``save_every``
+        seconds and when the stream ends. A save always holds whole batches, so a resumed run gives the
+        same numbers. ``batch_options`` go to :meth:`batches` (``samples``, ``seed``, ``layers``,
+        ``segment``, ``description``, ``generate``); ``.done`` is the number of samples covered."""
+        return Tally(self, stats, key, save_every, batch_options)
+
+    @property
+    def state(self) -> dict:
+        """This stage's saved state (loaded once; {} for a fresh stage), shared by :meth:`tally` and the
+        analysis's own keys; :meth:`save_state` with no argument writes it."""
+        if self._state is None:
+            self._state = self.load_state() or {}
+        return self._state
+
     # -- options, state and files ---------------------------------------------------------------
     @property
     def _state_path(self) -> Path:
         return self.out_dir / "state" / f"{self.name}.pt"
 
-    def save_state(self, state: dict) -> None:
-        """Persist fixed-size statistics (tensors, numbers, lists) so a resumed run continues here."""
+    def save_state(self, state: dict | None = None) -> None:
+        """Persist fixed-size statistics (tensors, numbers, lists) so a resumed run continues here
+        (default: :attr:`state`)."""
+        if state is None:
+            state = self.state
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -154,3 +180,39 @@ class RunContext:
         p = self.path(name)
         p.write_text(json.dumps(data, indent=2))
         return p
+
+
+class Tally:
+    """The stream behind :meth:`RunContext.tally` (iterate it; ``done`` counts the samples covered)."""
+
+    def __init__(self, ctx: RunContext, stats: dict[str, Stat], key: str, save_every: float, batch_options: dict):
+        self.ctx, self.stats, self.key, self.save_every = ctx, stats, key, save_every
+        self.batch_options = batch_options
+        saved = ctx.state.get("tally", {}).get(key)
+        self.done = 0
+        if saved is not None:
+            unknown = sorted(set(saved["stats"]) ^ set(stats))
+            if unknown:
+                raise GandidError(f"the saved state of {ctx.name!r} ({key}) does not match its statistics "
+                                  f"({unknown}): it was written by another version; start over with --force")
+            for name, stat in stats.items():
+                stat.load_state_dict(saved["stats"][name])
+            self.done = int(saved["done"])
+
+    def save(self) -> None:
+        # Copies: the live tensors go on changing in place after this snapshot.
+        self.ctx.state.setdefault("tally", {})[self.key] = {
+            "done": self.done,
+            "stats": {name: {k: v.clone() for k, v in stat.state_dict().items()} for name, stat in self.stats.items()},
+        }
+        self.ctx.save_state()
+
+    def __iter__(self) -> Iterator[Batch]:
+        last = time.monotonic()
+        for batch in self.ctx.batches(start=self.done, **self.batch_options):
+            yield batch
+            self.done = batch.start + len(batch.z)  # reached only once the caller has used the whole batch
+            if time.monotonic() - last >= self.save_every:
+                self.save()
+                last = time.monotonic()
+        self.save()

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from gandid import hookimpl
 from gandid.hooks import features_at, norm_overrides, norm_site_reading
 from gandid.intervene import Intervention, per_unit, variants
+from gandid.model import find_layer
 from gandid.ops import intervene_pixelnorm
 from gandid.ops.reference import intervene
-from gandid.stats import Histogram
+from gandid.stats import Histogram, Sum
 
 
 NOT_OBJECTS = ("unlabelled", "unlabeled", "background")  # never chosen as ACE classes by default
@@ -87,54 +88,55 @@ class ACE:
 
     # -- statistics: class areas and per-unit activation where each class is present ---------------
     def class_statistics(self, ctx, layer, classes):
-        area = torch.zeros(classes, dtype=torch.float64)
-        act_sum = count = hist = None
-        n = 0
-        for batch in ctx.batches(samples=self.stat_samples, layers=[layer], description=f"ace {layer}: statistics"):
+        """Per class: its mean area (C,), each unit's insertion value where it is present (U, C) and
+        the number of feature-map pixels where it is present (C,)."""
+        units = find_layer(ctx.generator, layer).channels
+        stats = {"area": Sum(classes), "act_sum": Sum((units, classes)), "count": Sum(classes), "samples": Sum(())}
+        if self.value == "quantile":
+            # Histogram ranges from the first batch of the same stream (widened; later values clamp into the
+            # end bins), fixed before streaming so that a resumed run restores into the same edges.
+            first = next(iter(ctx.batches(samples=min(ctx.config.batch_size, self.stat_samples or ctx.config.samples),
+                                          layers=[layer], segment=False, description=f"ace {layer}: ranges")))
+            flat = first.features[layer].double().permute(1, 0, 2, 3).reshape(units, -1)
+            lo, hi = flat.min(1).values, flat.max(1).values
+            span = (hi - lo).clamp_min(1e-6)
+            stats.update({f"hist_{c}": Histogram(lo - 0.5 * span, hi + 0.5 * span, 256) for c in range(classes)})
+        for batch in ctx.tally(stats, key="statistics", samples=self.stat_samples, layers=[layer],
+                               description=f"ace {layer}: statistics"):
             feats = batch.features[layer].double()
-            b, units, h, w = feats.shape
+            b, _, h, w = feats.shape
             onehot = F.one_hot(batch.labels.long(), classes).permute(0, 3, 1, 2).double()
-            area += onehot.mean((2, 3)).sum(0)
+            stats["area"].update(onehot.mean((2, 3)).sum(0))
             present = (F.adaptive_avg_pool2d(onehot, (h, w)) > 0.5).double()  # (B, C, h, w)
-            if act_sum is None:
-                act_sum = torch.zeros(units, classes, dtype=torch.float64)
-                count = torch.zeros(classes, dtype=torch.float64)
-            act_sum += torch.einsum("buhw,bchw->uc", feats, present)
-            count += present.sum((0, 2, 3))
+            stats["act_sum"].update(torch.einsum("buhw,bchw->uc", feats, present))
+            stats["count"].update(present.sum((0, 2, 3)))
             if self.value == "quantile":
                 flat = feats.permute(1, 0, 2, 3).reshape(units, -1)
-                if hist is None:
-                    lo, hi = flat.min(1).values, flat.max(1).values
-                    span = (hi - lo).clamp_min(1e-6)
-                    hist = [Histogram(lo - 0.5 * span, hi + 0.5 * span, 256) for _ in range(classes)]
                 mask = present.permute(1, 0, 2, 3).reshape(classes, -1) > 0
                 for c in range(classes):
                     if mask[c].any():
-                        hist[c].update(flat[:, mask[c]])
-            n += b
+                        stats[f"hist_{c}"].update(flat[:, mask[c]])
+            stats["samples"].update(b)
+        count = stats["count"].total
         if self.value == "quantile":
-            values = torch.stack([h.quantile(self.value_quantile) for h in hist], 1)
+            values = torch.stack([stats[f"hist_{c}"].quantile(self.value_quantile) for c in range(classes)], 1)
         else:
-            values = act_sum / count.clamp_min(1)[None]
-        return area / max(n, 1), values.float(), count
+            values = stats["act_sum"].total / count.clamp_min(1)[None]
+        return stats["area"].total / max(int(stats["samples"].total), 1), values.float(), count
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, ctx):
         gen, seg = ctx.generator, ctx.segmenter
         labels = list(seg.labels)
         layer = ctx.layers[0]
-        state = ctx.load_state() or {}
+        state = ctx.state
         if "area" not in state:
             area, values, count = self.class_statistics(ctx, layer, len(labels))
             state.update(area=area, values=values, count=count)
-            ctx.save_state(state)
+            ctx.save_state()
         area, values, count = state["area"], state["values"], state["count"]
         if self.classes is not None:
-            unknown = [c for c in self.classes if c not in labels]
-            if unknown:
-                from gandid.errors import UnknownNameError
-
-                raise UnknownNameError("class", unknown[0], labels)
+            check_class_names("ace", self.classes, seg)
             chosen = [labels.index(c) for c in self.classes]
         else:  # objects only: what an ablated object uncovers (walls, floor) is not a class to dissect
             skip = set(NOT_OBJECTS) | set(getattr(seg, "background", ()))
@@ -145,7 +147,7 @@ class ACE:
             base = class_fractions(seg.segment(gen.forward(z)), len(labels))  # (N, C)
         if "ablated" not in state:
             state["ablated"] = self.per_unit_fractions(ctx, z, layer, None, len(labels), "ablate")
-            ctx.save_state(state)
+            ctx.save_state()
         result = {"layer": layer, "samples": self.samples, "class_area": {labels[c]: float(area[c])
                                                                          for c in range(len(labels))},
                   "classes": {}}
@@ -153,7 +155,7 @@ class ACE:
             key = f"inserted_{c}"
             if key not in state:
                 state[key] = self.per_unit_fractions(ctx, z, layer, values[:, c], len(labels), f"insert {labels[c]}")
-                ctx.save_state(state)
+                ctx.save_state()
             ace = (state[key][:, c] - state["ablated"][:, c]).float()
             ranking = torch.argsort(ace, descending=True).tolist()
             entry = {"unit_ace": ace.tolist(), "ranking": ranking, "insert_value": values[:, c].tolist()}

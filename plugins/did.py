@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from gandid import hookimpl
-from gandid.intervene import BetaControl, BufferPool, Intervention, counterfactuals
-from gandid.stats import bootstrap_ci
+from gandid.intervene import BetaControl, BufferPool, Intervention, counterfactuals, generator_output_shape
+from gandid.stats import PerSample, Sum, TopK, bootstrap_ci
 
 from .ace import check_class_names
 
@@ -65,52 +65,56 @@ class DID:
             raise UnknownNameError("class measured by ace", unknown[0], list(ace["classes"]))
         control = BetaControl(self.sites)
         sites = control.resolve(gen, layer)
-        state = ctx.load_state() or {}
         pool = BufferPool()
         result = {"layer": layer, "sites": sites, "top_k": self.top_k, "classes": {}}
+        image_shape = generator_output_shape(gen)
         for name in names:
             units = ace["classes"][name]["ranking"][: self.top_k]
-            st = state.setdefault(name, {"done": 0, "area_did": [], "arm_area": torch.zeros(4, len(labels),
-                                                                                           dtype=torch.float64),
-                                         "dy_sum": None, "dy_abs_sum": None})
+            c = labels.index(name)
+            stats = {"area_did": PerSample(len(labels)), "arm_area": Sum((4, len(labels))),
+                     "dy_abs_sum": Sum(image_shape), "panels": TopK(1, self.panels), "present": Sum(())}
             iv = Intervention(layer, units)
-            for batch in ctx.batches(samples=self.samples, start=st["done"], generate=False,
-                                     description=f"did {name}"):
+            stream = ctx.tally(stats, key=name, samples=self.samples, generate=False, description=f"did {name}")
+            for batch in stream:
                 arms = counterfactuals(gen, batch.z, iv, control, pool=pool)
                 a = [areas(seg, getattr(arms, arm), len(labels)) for arm in ARMS]  # 4 x (B, C)
-                st["area_did"].append((a[1] - a[3]) - (a[2] - a[0]))
-                st["arm_area"] += torch.stack([x.sum(0) for x in a])
-                dy = arms.did.double()
-                st["dy_sum"] = dy.sum(0) if st["dy_sum"] is None else st["dy_sum"] + dy.sum(0)
-                st["dy_abs_sum"] = dy.abs().sum(0) if st["dy_abs_sum"] is None else st["dy_abs_sum"] + dy.abs().sum(0)
-                self.keep_panel_samples(st, batch.start, a[0][:, labels.index(name)])
-                st["done"] = batch.start + len(batch.z)
-                ctx.save_state(state)
-            per_sample = torch.cat(st["area_did"]) if st["area_did"] else torch.zeros(0, len(labels))
-            n = max(1, st["done"])
-            entry = {"units": units, "samples": st["done"], "area_did": {},
-                     "arm_mean_area": {title: {labels[j]: float(st["arm_area"][i, j] / n) for j in range(len(labels))}
+                stats["area_did"].update((a[1] - a[3]) - (a[2] - a[0]), batch.seeds)
+                stats["arm_area"].update(torch.stack([x.sum(0) for x in a]))
+                stats["dy_abs_sum"].update(arms.did.double().abs().sum(0))
+                self.keep_panel_samples(stats, batch.seeds, a[0][:, c])
+            per_sample = stats["area_did"].rows()
+            done = stream.done
+            n = max(1, done)
+            arm_area, dy_abs_sum = stats["arm_area"].total, stats["dy_abs_sum"].total
+            entry = {"units": units, "samples": done, "area_did": {},
+                     "arm_mean_area": {title: {labels[j]: float(arm_area[i, j] / n) for j in range(len(labels))}
                                        for i, title in enumerate(ARM_TITLES)},
-                     "pixel_did_mean_abs": float(st["dy_abs_sum"].mean() / n) if st["dy_abs_sum"] is not None
-                     else 0.0}
+                     "pixel_did_mean_abs": float(dy_abs_sum.mean() / n) if done else 0.0}
             for j, other in enumerate(labels):
                 values = per_sample[:, j]
                 lo, hi = bootstrap_ci(values, seed=ctx.config.seed + j, resamples=self.resamples)
                 entry["area_did"][other] = {"mean": float(values.mean()) if len(values) else 0.0, "ci95": [lo, hi]}
-            if st["dy_abs_sum"] is not None:
-                self.draw_map(ctx, name, st["dy_abs_sum"] / n)
+            if done:
+                st = {"panel_samples": self.panel_samples(stats), "panel_present": int(stats["present"].total),
+                      "done": done}
+                self.draw_map(ctx, name, dy_abs_sum / n)
                 self.draw_panels(ctx, name, labels, st, iv, control)
             result["classes"][name] = entry
         return result
 
-    def keep_panel_samples(self, st, start, area):
-        """Remember the ``panels`` samples with the largest area of the ablated class in the original
-        image (only samples where it is present), and how many samples contain it. Pictures only:
-        the numbers never read this."""
-        present = [[float(a), start + i] for i, a in enumerate(area.tolist()) if a > 0]
-        kept = sorted(st.get("panel_samples", []) + present, key=lambda e: (-e[0], e[1]))
-        st["panel_samples"] = kept[: self.panels]
-        st["panel_present"] = st.get("panel_present", 0) + len(present)
+    @staticmethod
+    def keep_panel_samples(stats, seeds, area):
+        """Pictures only, the numbers never read this: keep the samples where the ablated class covers the
+        most of the original image (``stats["panels"]``, a TopK; ties to the earlier sample) and count
+        those where it is present at all (``stats["present"]``). area (B,) of samples ``seeds``."""
+        stats["panels"].update(torch.where(area > 0, area.double(), -torch.inf)[None], torch.as_tensor(seeds))
+        stats["present"].update(int((area > 0).sum()))
+
+    @staticmethod
+    def panel_samples(stats) -> list:
+        """[[area, sample], ...] kept by :meth:`keep_panel_samples`, largest area first."""
+        top = stats["panels"]
+        return [[float(v), int(i)] for v, i in zip(top.values[0], top.ids[0]) if v > 0]
 
     def draw_panels(self, ctx, name, labels, st, iv, control):
         """The four arms, the two inner differences and ΔY for a few samples (the paper's Figure 4):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from gandid import hookimpl
-from gandid.stats import Histogram, TopK
+from gandid.stats import Histogram, Sum, TopK
 
 FIT_SEED_OFFSET = 1_000_003  # the fit set's seed: config seed + this, so fit and test samples differ
 MODES = ("quantile", "iqr")
@@ -109,45 +109,39 @@ class Dissect:
     def run(self, ctx):
         labels = list(ctx.segmenter.labels)
         result = {"threshold_mode": self.mode, "iou_threshold": self.iou_threshold, "layers": {}}
-        state = ctx.load_state() or {}
+        thresholds = ctx.state.setdefault("thresholds", {})
         for layer in ctx.layers:
-            layer_state = state.get(layer)
-            if layer_state is None or "thresholds" not in layer_state:
-                layer_state = {"thresholds": self.fit_thresholds(ctx, layer, len(labels)), "done": 0}
-                state[layer] = layer_state
-                ctx.save_state(state)
-            result["layers"][layer] = self.dissect_layer(ctx, layer, labels, layer_state, state)
+            if layer not in thresholds:
+                thresholds[layer] = self.fit_thresholds(ctx, layer, len(labels))
+                ctx.save_state()
+            result["layers"][layer] = self.dissect_layer(ctx, layer, labels, thresholds[layer])
         return result
 
-    def dissect_layer(self, ctx, layer, labels, layer_state, state):
-        classes = len(labels)
-        t = layer_state["thresholds"]  # (U, C)
-        units = t.shape[0]
-        inter = layer_state.get("inter", torch.zeros(units, classes, dtype=torch.float64))
-        active = layer_state.get("active", torch.zeros(units, classes, dtype=torch.float64))
-        cls = layer_state.get("cls", torch.zeros(classes, dtype=torch.float64))
-        top = TopK.from_state(layer_state["top"]) if "top" in layer_state else TopK(units, self.top_seeds)
-        for batch in ctx.batches(layers=[layer], start=layer_state["done"], description=f"dissect {layer}"):
+    def dissect_layer(self, ctx, layer, labels, t):
+        """IoU of every unit's thresholded map with every class; ``t`` (U, C) thresholds."""
+        classes, units = len(labels), t.shape[0]
+        stats = {"inter": Sum((units, classes)), "active": Sum((units, classes)), "cls": Sum(classes),
+                 "top": TopK(units, self.top_seeds)}
+        inter, active, cls, top = stats.values()
+        for batch in ctx.tally(stats, key=layer, layers=[layer], description=f"dissect {layer}"):
             feats = batch.features[layer]
             onehot = one_hot_pixels(batch.labels, classes)  # (P, C)
-            cls += onehot.sum(0).double()
+            cls.update(onehot.sum(0))
             top.update(feats.flatten(2).amax(2).transpose(0, 1), torch.as_tensor(list(batch.seeds)))
             for lo in range(0, units, self.unit_chunk):
                 up = upsampled(feats[:, lo:lo + self.unit_chunk], batch.images.shape[-2:])  # (u, P)
                 tc = t[lo:lo + self.unit_chunk]
+                rows = slice(lo, lo + len(up))
                 if self.mode == "quantile":
                     mask = (up >= tc[:, :1]).float()
-                    inter[lo:lo + len(up)] += (mask @ onehot).double()
-                    active[lo:lo + len(up)] += mask.sum(1, keepdim=True).double()
+                    inter.update(mask @ onehot, rows)
+                    active.update(mask.sum(1, keepdim=True), rows)
                 else:
                     for c in range(classes):
                         mask = (up >= tc[:, c:c + 1]).float()
-                        inter[lo:lo + len(up), c] += (mask @ onehot[:, c]).double()
-                        active[lo:lo + len(up), c] += mask.sum(1).double()
-            layer_state.update(done=batch.start + len(batch.z), inter=inter, active=active, cls=cls,
-                               top=top.state_dict())
-            ctx.save_state(state)
-        iou = inter / (active + cls[None, :] - inter).clamp_min(1)
+                        inter.update(mask @ onehot[:, c], (rows, c))
+                        active.update(mask.sum(1), (rows, c))
+        iou = inter.total / (active.total + cls.total[None, :] - inter.total).clamp_min(1)
         summary = self.summarise(ctx, layer, labels, iou, t, top)
         self.draw_strips(ctx, layer, summary)
         return summary

@@ -97,7 +97,7 @@ def test_dissect_statistics_merge_from_two_halves(tmp_path, gt_registry):
     run(half, registry=gt_registry)
     state_file = tmp_path / "half" / "state" / "dissect.pt"
     state = torch.load(state_file, weights_only=True)
-    assert state["feat"]["done"] == 24
+    assert state["tally"]["feat"]["done"] == 24
     # continue the same statistics over samples 24..47 in a run whose config asks for 48
     (tmp_path / "rest").mkdir()
     (tmp_path / "rest" / "state").mkdir()

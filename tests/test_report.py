@@ -152,24 +152,34 @@ def test_every_image_shown_is_listed_in_run_json(report_dir):
 
 def test_did_panels_show_samples_where_the_ablated_class_is_present(report_dir):
     """red is present exactly where z[0] > 0, yellow where z[2] > 0 (tests/ground_truth.py)."""
-    state = torch.load(report_dir / "state" / "did.pt", weights_only=True)
+    from gandid.stats import Sum, TopK
+    from gandid_plugins.did import DID
+
+    saved = torch.load(report_dir / "state" / "did.pt", weights_only=True)["tally"]
     z = GroundTruthGenerator().sample_z(32, 0)
+    chosen = {}
     for name, dim in (("red", 0), ("yellow", 2)):
-        panels = state[name]["panel_samples"]
+        stats = {"panels": TopK.from_state(saved[name]["stats"]["panels"]),
+                 "present": Sum.from_state(saved[name]["stats"]["present"])}
+        panels = chosen[name] = DID.panel_samples(stats)
         assert len(panels) == 4 and all(area > 0 for area, _ in panels)
         assert all(z[i, dim] > 0 for _, i in panels), (name, panels)
-        assert state[name]["panel_present"] == int((z[:, dim] > 0).sum())
-    assert {i for _, i in state["red"]["panel_samples"]} != {i for _, i in state["yellow"]["panel_samples"]}
+        assert int(stats["present"].total) == int((z[:, dim] > 0).sum())
+    assert {i for _, i in chosen["red"]} != {i for _, i in chosen["yellow"]}
 
 
 def test_did_panel_choice_prefers_large_areas_and_spans_batches():
+    from gandid.stats import Sum, TopK
     from gandid_plugins.did import DID
 
-    did, st = DID(panels=3), {}
-    did.keep_panel_samples(st, 0, torch.tensor([0.0, 0.2, 0.1, 0.0]))
-    did.keep_panel_samples(st, 4, torch.tensor([0.3, 0.0, 0.2, 0.05]))
-    assert [i for _, i in st["panel_samples"]] == [4, 1, 6]  # ties: the earlier sample
-    assert st["panel_present"] == 5
+    stats = {"panels": TopK(1, 3), "present": Sum(())}
+    DID.keep_panel_samples(stats, range(0, 4), torch.tensor([0.0, 0.2, 0.1, 0.0]))
+    DID.keep_panel_samples(stats, range(4, 8), torch.tensor([0.3, 0.0, 0.2, 0.05]))
+    assert [i for _, i in DID.panel_samples(stats)] == [4, 1, 6]  # ties: the earlier sample
+    assert int(stats["present"].total) == 5
+    few = {"panels": TopK(1, 3), "present": Sum(())}
+    DID.keep_panel_samples(few, range(0, 3), torch.tensor([0.0, 0.4, 0.0]))
+    assert DID.panel_samples(few) == [[pytest.approx(0.4), 1]]  # absent samples are never chosen
 
 
 # -- the core, without any concrete analysis ---------------------------------------------------------

@@ -1,4 +1,5 @@
 """Mergeable statistics: two halves merged equal the whole (what multi-process runs rely on)."""
+import pytest
 import torch
 
 from gandid.stats import Histogram, Moments, TopK, bootstrap_ci
@@ -46,3 +47,82 @@ def test_moments_merge_and_bootstrap():
     assert torch.allclose(whole.mean, x.double().mean(0))
     lo, hi = bootstrap_ci(x[:, 0], seed=0)
     assert lo < float(x[:, 0].mean()) < hi and hi - lo < 0.4
+
+
+def _fresh(kind, device):
+    """One instance of each Stat, on ``device``, and a function giving it a batch of random data."""
+    from gandid.stats import Maximum, PerSample, Sum
+
+    g = torch.Generator().manual_seed(3)
+
+    def data(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+
+    if kind == "Sum":
+        return Sum((3, 4), device=device), lambda i: ((data(3, 4),), {})
+    if kind == "Maximum":
+        return Maximum((5,), device=device), lambda i: ((data(5),), {})
+    if kind == "PerSample":
+        return PerSample(2, device=device), lambda i: ((data(4, 2), torch.arange(4 * i, 4 * i + 4)), {})
+    if kind == "Histogram":
+        lo = torch.full((3,), -4.0, dtype=torch.float64, device=device)
+        return Histogram(lo, lo + 8, 64), lambda i: ((data(3, 50),), {})
+    if kind == "TopK":
+        return TopK(3, 4, device=device), lambda i: ((data(3, 6), torch.arange(6 * i, 6 * i + 6)), {})
+    if kind == "Moments":
+        return Moments((2,), device=device), lambda i: ((data(7, 2),), {})
+    raise KeyError(kind)
+
+
+KINDS = ["Sum", "Maximum", "PerSample", "Histogram", "TopK", "Moments"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_stat_merges_halves_into_the_whole_and_round_trips(kind, tmp_path):
+    whole, batch = _fresh(kind, "cpu")
+    first, _ = _fresh(kind, "cpu")
+    second, _ = _fresh(kind, "cpu")
+    batches = [batch(i) for i in range(4)]
+    for i, (args, kw) in enumerate(batches):
+        whole.update(*args, **kw)
+        (first if i < 2 else second).update(*args, **kw)
+    merged = second.merge(first)  # the order of merging does not matter
+    for name, value in whole.state_dict().items():
+        other = merged.state_dict()[name]
+        if kind == "PerSample":  # rows are kept in arrival order; rows() puts them in sample order
+            break
+        assert torch.allclose(value.double(), other.double(), rtol=1e-12, atol=0), name
+    if kind == "PerSample":
+        assert torch.equal(whole.rows(), merged.rows())
+    torch.save(whole.state_dict(), tmp_path / "s.pt")
+    restored = type(whole).from_state(torch.load(tmp_path / "s.pt", weights_only=True))
+    for name, value in whole.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stats_never_assume_the_cpu(kind):
+    """Updated with meta tensors, a stat that allocated anything on a fixed device would fail."""
+    stat, batch = _fresh(kind, "meta")
+    for i in range(2):
+        args, kw = batch(i)
+        stat.update(*args, **kw)
+    other, _ = _fresh(kind, "meta")
+    stat.merge(other)
+    assert all(v.device.type == "meta" for v in stat.state_dict().values())
+    moved, _ = _fresh(kind, "cpu")
+    assert all(v.device.type == "meta" for v in moved.to("meta").state_dict().values())
+    if kind == "Histogram":
+        assert stat.quantile(0.5).device.type == "meta" and stat.edges().device.type == "meta"
+    if kind == "Moments":
+        assert stat.mean.device.type == "meta"
+
+
+def test_per_sample_refuses_a_sample_counted_twice():
+    from gandid.stats import PerSample
+
+    a = PerSample(1)
+    a.update(torch.ones(2, 1), [0, 1])
+    a.merge(a.from_state(a.state_dict()))
+    with pytest.raises(ValueError, match="counted twice"):
+        a.rows()

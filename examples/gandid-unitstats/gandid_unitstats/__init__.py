@@ -1,11 +1,12 @@
 """An out-of-tree gandid plugin: per-unit activation statistics of the run's layers.
 
-It streams samples, keeps only running sums (fixed size, mergeable), saves them after every
-batch so an interrupted run resumes where it stopped, and writes a JSON result plus a CSV.
+It streams samples into mergeable statistics (gandid.stats) with ``ctx.tally``, which restores them
+when a run is resumed and saves them every few seconds, and writes a JSON result plus a CSV.
 """
 import torch
 
 from gandid import hookimpl
+from gandid.stats import Maximum, Moments
 
 
 class UnitStats:
@@ -19,31 +20,30 @@ class UnitStats:
         self.top = top
 
     def run(self, ctx):
-        state = ctx.load_state() or {"done": 0, "sums": {}}
-        for batch in ctx.batches(segment=False, start=state["done"], description="unitstats"):
+        # One mergeable statistic per layer and quantity; ctx.tally restores them on --resume and saves them.
+        stats = {}
+        for layer in ctx.layers:
+            units = next(info.channels for info in ctx.generator.layers if info.name == layer)
+            stats[f"{layer}/moments"] = Moments((units,))
+            stats[f"{layer}/max"] = Maximum((units,))
+        stream = ctx.tally(stats, key="activations", segment=False, description="unitstats")
+        for batch in stream:
             for layer, feats in batch.features.items():
-                x = feats.double().transpose(0, 1).reshape(feats.shape[1], -1)  # (C, B*h*w)
-                s = state["sums"].setdefault(layer, {"n": 0, "sum": torch.zeros(len(x), dtype=torch.float64),
-                                                     "sumsq": torch.zeros(len(x), dtype=torch.float64),
-                                                     "max": torch.full((len(x),), -torch.inf, dtype=torch.float64)})
-                s["n"] += x.shape[1]
-                s["sum"] += x.sum(1)
-                s["sumsq"] += (x * x).sum(1)
-                s["max"] = torch.maximum(s["max"], x.max(1).values)
-            state["done"] = batch.start + len(batch.z)
-            ctx.save_state(state)
+                x = feats.transpose(1, 3).reshape(-1, feats.shape[1])  # (B*h*w, C): one row per pixel
+                stats[f"{layer}/moments"].update(x)
+                stats[f"{layer}/max"].update(x.amax(0))
 
-        result = {"samples": state["done"], "layers": {}}
-        for layer, s in state["sums"].items():
-            mean = s["sum"] / s["n"]
-            std = (s["sumsq"] / s["n"] - mean**2).clamp_min(0).sqrt()
+        result = {"samples": stream.done, "layers": {}}
+        for layer in ctx.layers:
+            moments, maximum = stats[f"{layer}/moments"], stats[f"{layer}/max"].value
+            mean, std = moments.mean, moments.var.sqrt()
             order = torch.argsort(mean, descending=True)[: self.top]
-            result["layers"][layer] = {"mean": mean.tolist(), "std": std.tolist(), "max": s["max"].tolist(),
+            result["layers"][layer] = {"mean": mean.tolist(), "std": std.tolist(), "max": maximum.tolist(),
                                        "most_active_units": order.tolist()}
             with ctx.path(f"unitstats_{layer}.csv").open("w") as f:
                 f.write("unit,mean,std,max\n")
                 for u in range(len(mean)):
-                    f.write(f"{u},{mean[u]:.6g},{std[u]:.6g},{s['max'][u]:.6g}\n")
+                    f.write(f"{u},{mean[u]:.6g},{std[u]:.6g},{maximum[u]:.6g}\n")
         return result
 
 
