@@ -1,12 +1,8 @@
 """The Analysis contract and the context an analysis runs in.
 
-An analysis is an object with ``run(ctx) -> dict | AnalysisResult``. Optional attributes:
-
-- ``requires``: names of analyses whose results it reads (``ctx.results[name]``); they run first.
-- ``needs_segmenter``: False if it never segments (default True).
-
-It streams samples with ``ctx.batches()`` and keeps only fixed-size statistics, saving them with
-``ctx.save_state`` between batches so an interrupted run can resume with ``ctx.load_state``.
+An analysis is an object with ``run(ctx) -> dict | AnalysisResult`` (:class:`Analysis`). It streams
+samples into mergeable statistics with ``ctx.tally`` (or ``ctx.batches`` and its own
+``ctx.save_state``/``ctx.load_state``) so an interrupted run resumes with the same numbers.
 """
 from __future__ import annotations
 
@@ -14,16 +10,50 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 
-from .errors import GandidError
+from .errors import ConfigError, GandidError
 from .hooks import Trace
 from .model import iter_chunks
 from .stats import Stat
 
 SAVE_EVERY_SECONDS = 10.0  # a stage's statistics reach the disk at most this often (and at the end)
+
+
+ANALYSIS_OPTIONAL = ("requires", "after", "needs_segmenter", "check", "report_section", "report_findings")
+
+
+@runtime_checkable
+class Analysis(Protocol):
+    """What the runner calls on an analysis. Optional members (:data:`ANALYSIS_OPTIONAL`):
+
+    - ``requires``: names of analyses whose results it reads (``ctx.results[name]``); they run first.
+    - ``after``: names of analyses it runs after when they are selected too (pipeline order).
+    - ``needs_segmenter``: False if it never segments (default True).
+    - ``check(generator, segmenter, layers)``: raise to refuse the run before any work.
+    - ``report_section(result, out_dir) -> str`` and ``report_findings(result) -> list``: its part of
+      report.html (see :mod:`gandid.report`).
+    """
+
+    def run(self, ctx: "RunContext") -> "dict | AnalysisResult":
+        """Compute the result (JSON-able) from ``ctx``; files go through ``ctx.path``."""
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The required members of one of gandid's protocols: annotated attributes and methods."""
+    names = list(getattr(protocol, "__annotations__", {}))
+    names += [n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")]
+    return list(dict.fromkeys(names))
+
+
+def check_contract(obj, protocol: type, what: str) -> None:
+    """Refuse a plugin's object that lacks members of its protocol, naming every one of them."""
+    missing = [name for name in protocol_members(protocol) if not hasattr(obj, name)]
+    if missing:
+        raise ConfigError(f"{what} does not provide {', '.join(missing)} (required of a {protocol.__name__}: "
+                          f"{', '.join(protocol_members(protocol))}; see the README's 'Writing a plugin')")
 
 
 @dataclass

@@ -36,11 +36,19 @@ class NormSite:
     layer: str | None = None
 
 
+GENERATOR_OPTIONAL = ("default_layer", "analysis_defaults", "weights_info")
+SEGMENTER_OPTIONAL = ("categories", "background")
+
+
 @runtime_checkable
 class Generator(Protocol):
-    """Optional attributes the runner reads: ``default_layer`` (the layer analysed when none is
-    given) and ``analysis_defaults`` ({analysis: {option: value}}: options sized to this model,
-    applied under the user's own)."""
+    """What gandid and its analyses use of a generator; every member is required (a plugin's object is
+    checked against this list when it is built).
+
+    Optional attributes (:data:`GENERATOR_OPTIONAL`): ``default_layer`` (the layer analysed when none is
+    given), ``analysis_defaults`` ({analysis: {option: value}}: options sized to this model, applied
+    under the user's own) and ``weights_info`` ({file, stored_dtypes, loaded_as}, recorded in run.json)."""
+
 
     z_dim: int
     resolution: int
@@ -65,8 +73,10 @@ class Generator(Protocol):
 
 @runtime_checkable
 class Segmenter(Protocol):
-    """``labels``: class names (index 0 may be "unlabelled"). Optional ``categories``: {label: category}
-    (object, part, material, ...), used to group dissection counts; unlisted labels count as objects."""
+    """``labels``: class names (index 0 may be "unlabelled"). Optional (:data:`SEGMENTER_OPTIONAL`):
+    ``categories`` ({label: category}: object, part, material, ...; groups dissection counts, unlisted
+    labels count as objects) and ``background`` (classes an ablated object uncovers, e.g. walls)."""
+
 
     labels: Sequence[str]
 

@@ -16,10 +16,10 @@ from rich.text import Text
 
 from . import __version__
 from . import outdir
-from .analysis import AnalysisResult, RunContext, load_state_file
+from .analysis import Analysis, AnalysisResult, RunContext, check_contract, load_state_file
 from .config import RunConfig, check_options, option_names
 from .errors import ConfigError, GandidError, OutputExistsError, UnknownNameError
-from .model import find_layer
+from .model import Generator, Segmenter, find_layer
 from .registry import Registry, get_registry
 
 _RESUME_IGNORES = ("resume", "force", "out")
@@ -143,8 +143,14 @@ def _as_config_error(reg: Registry, kind: str, name: str, fn, *args, **kwargs):
                           ) from exc
 
 
+PROTOCOLS = {"generator": Generator, "segmenter": Segmenter, "analysis": Analysis}
+
+
 def _build(reg: Registry, kind: str, name: str, options: dict):
-    return _as_config_error(reg, kind, name, reg.get(kind, name).factory, **options)
+    """The plugin's object, checked against its protocol before any work."""
+    obj = _as_config_error(reg, kind, name, reg.get(kind, name).factory, **options)
+    check_contract(obj, PROTOCOLS[kind], f"{kind} {name!r} (plugin {reg.get(kind, name).plugin.name!r})")
+    return obj
 
 
 class Session:

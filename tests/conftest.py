@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -6,22 +7,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# In-process tests import the test plugins directly; the entry-point path is tested by installing them.
-sys.path.insert(0, str(ROOT / "tests" / "testkit"))
-sys.path.insert(0, str(ROOT / "examples" / "gandid-unitstats"))
+
+
+def load_module(path: Path, name: str):
+    """A plugin module loaded from its file, without touching sys.path (the entry-point path is tested
+    by installing the plugins: ``installed_plugins``)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def testkit():
+    """The test kit's plugin module: gandid.testing's tiny models registered, plus `count` and `failing`."""
+    return load_module(ROOT / "tests" / "testkit" / "gandid_testkit" / "tiny.py", "gandid_testkit_tiny")
 
 
 @pytest.fixture
-def registry():
+def registry(testkit):
     """A registry with the test kit and the example plugin, registered in-process."""
-    import gandid_testkit.tiny
-    import gandid_unitstats
+    from gandid.testing import registry_with
 
-    from gandid.registry import Registry
-
-    reg = Registry(load_entry_points=False)
-    reg.add_plugin(gandid_testkit.tiny, "testkit")
-    reg.add_plugin(gandid_unitstats, "unitstats")
+    unitstats = load_module(ROOT / "examples" / "gandid-unitstats" / "gandid_unitstats" / "__init__.py",
+                            "gandid_unitstats")
+    reg = registry_with()
+    reg.add_plugin(testkit, "testkit")
+    reg.add_plugin(unitstats, "unitstats")
     return reg
 
 

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +42,35 @@ def test_the_readme_documents_ctx_batches_arguments_as_they_are():
     params = [p for p in inspect.signature(RunContext.batches).parameters if p != "self"]
     documented = re.search(r"`ctx\.batches\((.*?)\)`", writing_a_plugin(), re.S).group(1)
     assert [part.split("=")[0].strip() for part in documented.split(",")] == params
+
+
+def test_the_readme_covers_every_hook_and_protocol_member():
+    """A plugin written from the README alone must know every member gandid uses (datasette's test_docs idea)."""
+    from gandid import hookspecs
+    from gandid.analysis import ANALYSIS_OPTIONAL, Analysis, protocol_members
+    from gandid.model import GENERATOR_OPTIONAL, SEGMENTER_OPTIONAL, Generator, Segmenter
+
+    text = writing_a_plugin()
+    hooks = [name for name in dir(hookspecs) if name.startswith("gandid_")]
+    assert len(hooks) == 3
+    members = {
+        "hook": hooks,
+        "Generator": protocol_members(Generator) + list(GENERATOR_OPTIONAL),
+        "Segmenter": protocol_members(Segmenter) + list(SEGMENTER_OPTIONAL),
+        "Analysis": protocol_members(Analysis) + list(ANALYSIS_OPTIONAL),
+    }
+    missing = [(kind, name) for kind, names in members.items() for name in names if f"`{name}" not in text]
+    assert missing == []
+
+
+def test_the_readme_plugin_test_example_passes(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "readme_unitstats", ROOT / "examples" / "gandid-unitstats" / "gandid_unitstats" / "__init__.py")
+    unitstats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unitstats)
+    block = next(b for b in re.findall(r"```python\n(.*?)```", writing_a_plugin(), re.S) if "run_analysis" in b)
+    namespace = {"UnitStats": unitstats.UnitStats}
+    exec(textwrap.dedent(block), namespace)
+    namespace["test_unitstats"](tmp_path)

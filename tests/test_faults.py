@@ -143,13 +143,12 @@ def test_lock_is_exclusive_within_one_process_too(tmp_path):
 
 # -- 3. weights of the wrong dtype --------------------------------------------------------------------
 @pytest.fixture
-def pggan_registry():
+def pggan_registry(testkit):
     import gandid_plugins.pggan
-    import gandid_testkit.tiny
 
     reg = Registry(load_entry_points=False)
     reg.add_plugin(gandid_plugins.pggan, "pggan")
-    reg.add_plugin(gandid_testkit.tiny, "testkit")
+    reg.add_plugin(testkit, "testkit")
     return reg
 
 
@@ -291,10 +290,10 @@ def test_real_analyses_refuse_bad_options_before_any_work(tmp_path, analysis, op
 
 # -- 7. the output folder must be writable, checked before the models load ----------------------------
 def test_unwritable_out_is_refused_before_models_load(tmp_path, registry, monkeypatch):
-    import gandid_testkit.tiny
+    import gandid.testing
 
     built = []
-    monkeypatch.setattr(gandid_testkit.tiny.TinyGenerator, "__init__",
+    monkeypatch.setattr(gandid.testing.TinyGenerator, "__init__",
                         lambda self, *a, **k: built.append(1) or torch.nn.Module.__init__(self))
     with pytest.raises(ConfigError, match=r"--out '/sys/gandid-out' is not writable \(.*\): choose a folder"):
         run(cfg(tmp_path, out="/sys/gandid-out"), registry=registry)

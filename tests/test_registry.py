@@ -1,6 +1,7 @@
 import types
 
 import pytest
+import torch
 
 from gandid import hookimpl
 from gandid.errors import UnknownNameError
@@ -74,3 +75,81 @@ def test_unknown_name_suggests_closest(registry):
 
 def test_factory_options_reach_the_object(registry):
     assert registry.create("analysis", "unitstats", top=2).top == 2
+
+
+def test_a_plugin_object_is_checked_against_its_protocol(tmp_path):
+    """Building a generator without the engine's members is refused before any work, naming each."""
+    from gandid.config import RunConfig
+    from gandid.errors import ConfigError
+    from gandid.runner import run
+    from gandid.testing import BrightnessSegmenter, TinyGenerator, registry_with
+
+    class NoEngine(TinyGenerator):
+        norm_module = forward_from = None
+
+    def no_engine():
+        gen = NoEngine()
+        del gen.layers  # an instance attribute, gone
+        return gen
+
+    class NoRun:
+        pass
+
+    reg = registry_with(generators={"half": no_engine, "tiny": TinyGenerator}, segmenters={"tiny": BrightnessSegmenter},
+                        analyses={"norun": NoRun})
+    config = RunConfig(generator="half", segmenter="tiny", analysis=["norun"], out=str(tmp_path / "o"), device="cpu")
+    with pytest.raises(ConfigError, match=r"generator 'half' \(plugin 'gandid.testing factories'\) does not provide "
+                                          r"layers \(required of a Generator: z_dim, resolution, layers"):
+        run(config, registry=reg)
+    config.generator = "tiny"
+    with pytest.raises(ConfigError, match=r"analysis 'norun' .* does not provide run"):
+        run(config, registry=reg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_generator_written_from_the_readme_works_with_ace_and_did(tmp_path):
+    """gandid.testing's TinyGenerator has exactly the documented members; ace and did run on it."""
+    import gandid_plugins.ace
+    import gandid_plugins.did
+
+    from gandid.config import RunConfig
+    from gandid.runner import run
+    from gandid.testing import BrightnessSegmenter, TinyGenerator, registry_with
+
+    reg = registry_with(gandid_plugins.ace, gandid_plugins.did, generators={"tiny": TinyGenerator},
+                        segmenters={"tiny": BrightnessSegmenter})
+    config = RunConfig(generator="tiny", segmenter="tiny", analysis=["ace", "did"], samples=8, batch_size=8,
+                       layer=["layer1"], out=str(tmp_path / "o"), device="cpu",
+                       analysis_options={"ace": {"samples": 4, "top_k": 3, "context_locations": 2, "alpha_steps": 2,
+                                                 "alpha_samples": 2, "min_area": 0.0},
+                                         "did": {"samples": 4, "resamples": 50, "top_k": 3}})
+    result = run(config, registry=reg)
+    assert result.status == "completed", result.errors
+    assert set(result.results["ace"]["classes"]) == {"dark", "bright"}
+    for name, entry in result.results["did"]["classes"].items():
+        assert entry["units"] == result.results["ace"]["classes"][name]["ranking"][:3]
+        assert entry["samples"] == 4
+
+
+def test_run_analysis_runs_one_analysis_without_the_runner(tmp_path):
+    from gandid.testing import TinyGenerator, run_analysis
+    from gandid.stats import Moments
+
+    class MeanActivation:
+        def run(self, ctx):
+            moments = Moments((16,))
+            stream = ctx.tally({"m": moments}, key="m", segment=False)
+            for batch in stream:
+                feats = batch.features[ctx.layers[0]]
+                moments.update(feats.transpose(1, 3).reshape(-1, 16))
+            return {"samples": stream.done, "mean": moments.mean.tolist()}
+
+    result = run_analysis(MeanActivation(), tmp_path, samples=6)
+    gen = TinyGenerator()
+    from gandid.hooks import Trace
+
+    with Trace(gen, ["layer2"]) as trace:
+        gen.forward(gen.sample_z(6, 0))
+    expected = trace["layer2"].double().mean((0, 2, 3))
+    assert result["samples"] == 6
+    assert torch.allclose(torch.tensor(result["mean"], dtype=torch.float64), expected, rtol=1e-6)

@@ -1,66 +1,11 @@
-"""A tiny pixel-norm generator and a brightness segmenter, for tests of the core."""
+"""gandid.testing's tiny generator and brightness segmenter registered as plugins, and two analyses
+(pixel counts, one that always fails), for tests of the core through real entry points."""
 import time
 
 import torch
-from torch import nn
 
 from gandid import hookimpl
-from gandid.model import LayerInfo, NormSite, normal_rows
-
-
-def pixel_norm(x, eps=1e-8):
-    return x / (x.pow(2).mean(1, keepdim=True) + eps).sqrt()
-
-
-class TinyGenerator(nn.Module):
-    """z (8) -> layer1 (16, 4x4) -> layer2 (16, 8x8) -> image (3, 16x16)."""
-
-    z_dim = 8
-    resolution = 16
-
-    def __init__(self, seed: int = 0, suggest_samples: int | None = None):
-        super().__init__()
-        if suggest_samples is not None:  # suggested options, one of them unknown to `count`
-            self.analysis_defaults = {"count": {"samples": suggest_samples, "not_an_option": 1}}
-        g = torch.Generator().manual_seed(seed)
-        self.fc = nn.Linear(8, 16 * 16)
-        self.layer1 = nn.Sequential(nn.LeakyReLU(0.2))
-        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
-        self.layer2 = nn.Sequential(nn.LeakyReLU(0.2))
-        self.to_rgb = nn.Conv2d(16, 3, 1)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        self.layers = [LayerInfo("layer1", 16, (4, 4)), LayerInfo("layer2", 16, (8, 8))]
-        self.norm_sites = [NormSite("layer2.norm", "pixelnorm", "layer1"), NormSite("out.norm", "pixelnorm", "layer2")]
-
-    def sample_z(self, n, seed, start=0):
-        return normal_rows(seed, start, n, self.z_dim)
-
-    def layer_module(self, name):
-        return getattr(self, name)
-
-    def forward(self, z):
-        x = self.layer1(self.fc(pixel_norm(z)).view(-1, 16, 4, 4))
-        x = nn.functional.interpolate(pixel_norm(x), scale_factor=2)
-        x = self.layer2(self.conv2(x))
-        x = nn.functional.interpolate(pixel_norm(x), scale_factor=2)
-        return torch.tanh(self.to_rgb(x))
-
-
-class BrightnessSegmenter:
-    """Labels by mean brightness: 1 'dark' (< -0.2), 2 'bright' (> 0.2), 0 otherwise."""
-
-    labels = ["unlabelled", "dark", "bright"]
-
-    def segment(self, images):
-        m = images.mean(1)
-        return (m < -0.2).long() * 1 + (m > 0.2).long() * 2
-
-    def class_scores(self, images, c):
-        m = images.mean(1)
-        soft = torch.sigmoid((-m - 0.2) * 20) if c == 1 else torch.sigmoid((m - 0.2) * 20)
-        return soft.flatten(1).mean(1)
+from gandid.testing import BrightnessSegmenter, TinyGenerator
 
 
 class FailingAnalysis:
