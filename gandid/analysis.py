@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, runtime_checkable
@@ -54,6 +55,19 @@ def check_contract(obj, protocol: type, what: str) -> None:
     if missing:
         raise ConfigError(f"{what} does not provide {', '.join(missing)} (required of a {protocol.__name__}: "
                           f"{', '.join(protocol_members(protocol))}; see the README's 'Writing a plugin')")
+
+
+def read_result(data: dict, analysis: str, version: int, result_type: type) -> dict:
+    """``data`` (an analysis's JSON, as other analyses read it from ``ctx.results``) checked against the
+    type and version its analysis publishes; a result written by another version is refused clearly."""
+    found = data.get("version") if isinstance(data, dict) else None
+    if found != version:
+        raise GandidError(f"the {analysis!r} result was written by another version of {analysis!r} (result version "
+                          f"{found}, this gandid reads {version}): run {analysis!r} again (--force, or a new --out)")
+    missing = [key for key in typing.get_type_hints(result_type) if key not in data]
+    if missing:
+        raise GandidError(f"the {analysis!r} result lacks {missing}: run {analysis!r} again (--force, or a new --out)")
+    return data
 
 
 @dataclass

@@ -9,10 +9,13 @@ optimisation through the segmenter's class scores and the fused op's backward.
 """
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 import torch.nn.functional as F
 
 from gandid import hookimpl
+from gandid.analysis import read_result
 from gandid.hooks import features_at, norm_overrides, norm_site_reading
 from gandid.intervene import Intervention, per_unit, variants
 from gandid.model import find_layer
@@ -22,6 +25,36 @@ from gandid.stats import Histogram, Sum
 
 
 NOT_OBJECTS = ("unlabelled", "unlabeled", "background")  # never chosen as ACE classes by default
+RESULT_VERSION = 1
+
+
+class AceClassResult(TypedDict):
+    """One class's ACE. Effects are changes in the fraction of image pixels of the class."""
+
+    unit_ace: list[float]  # (U,) per-unit ACE: E[s_c(inserted)] - E[s_c(ablated)]
+    ranking: list[int]  # units by ACE, largest first
+    insert_value: list[float]  # (U,) each unit's insertion value k_u
+    curve_k: list[int]  # k of the top-k curves (0 first)
+    topk_removed_fraction: list[float]  # share of the class removed by ablating the top k
+    topk_ace: list[float]  # ACE of the top-k set, per k after 0
+    base_area: float  # the class's mean area without intervention
+    context_gain: dict  # {context class: {"mean_gain", "count"}}: insertion at one pixel, by what was there
+    alpha_opt: dict  # GAN Dissection's continuous alpha: {"alpha", "delta_history", "final_delta", ...}
+
+
+class AceResult(TypedDict):
+    """``ace.json``, as did and entangle read it (:func:`read_ace_result`)."""
+
+    version: int
+    layer: str
+    samples: int
+    class_area: dict[str, float]  # mean fraction of image pixels per class
+    classes: dict[str, AceClassResult]
+
+
+def read_ace_result(data: dict) -> AceResult:
+    """``ace``'s result checked for the version and keys this module writes."""
+    return read_result(data, "ace", RESULT_VERSION, AceResult)
 
 
 def check_class_names(analysis: str, names, segmenter) -> None:
@@ -148,7 +181,7 @@ class ACE:
         if "ablated" not in state:
             state["ablated"] = self.per_unit_fractions(ctx, z, layer, None, len(labels), "ablate")
             ctx.save_state()
-        result = {"layer": layer, "samples": self.samples, "class_area": {labels[c]: float(area[c])
+        result = {"version": RESULT_VERSION, "layer": layer, "samples": self.samples, "class_area": {labels[c]: float(area[c])
                                                                          for c in range(len(labels))},
                   "classes": {}}
         for c in chosen:

@@ -8,16 +8,51 @@ positive for the classes pixel norm in-paints, negative for the ones it removes.
 """
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 
 from gandid import hookimpl
+from gandid.analysis import read_result
 from gandid.intervene import BetaControl, BufferPool, Intervention, counterfactuals, generator_output_shape
 from gandid.stats import PerSample, Sum, TopK, bootstrap_ci
 
-from .ace import check_class_names
+from .ace import check_class_names, read_ace_result
 
-ARMS = ("original", "intervened", "intervened_fixed_beta", "original_swapped_beta")
-ARM_TITLES = ("Y(β,u)", "Y(β',u')", "Y(β,u')", "Y(β',u)")
+ARMS = ("original", "intervened", "intervened_fixed_beta", "original_swapped_beta")  # gandid.intervene.Arms
+ARM_TITLES = ("Y(β,u)", "Y(β',u')", "Y(β,u')", "Y(β',u)")  # for display only; results are keyed by ARMS
+RESULT_VERSION = 1
+
+
+class AreaDid(TypedDict):
+    mean: float  # DID of the class's area, as a fraction of image pixels
+    ci95: list[float]  # bootstrap 95% interval over samples
+
+
+class DidClassResult(TypedDict):
+    """One ablated class's DID."""
+
+    units: list[int]  # the class's top-k ACE units, ablated
+    samples: int
+    area_did: dict[str, AreaDid]  # per class j: [A_j(β',u') - A_j(β',u)] - [A_j(β,u') - A_j(β,u)]
+    arm_mean_area: dict[str, dict[str, float]]  # arm name (ARMS) -> class -> mean fraction of image pixels
+    pixel_did_mean_abs: float  # mean |ΔY| over pixels, channels and samples (image values in [-1, 1])
+
+
+class DidResult(TypedDict):
+    """``did.json``, as entangle reads it (:func:`read_did_result`)."""
+
+    version: int
+    layer: str
+    sites: list[str]
+    top_k: int
+    arm_titles: dict[str, str]  # arm name -> Y(β,u)-style title
+    classes: dict[str, DidClassResult]
+
+
+def read_did_result(data: dict) -> DidResult:
+    """``did``'s result checked for the version and keys this module writes."""
+    return read_result(data, "did", RESULT_VERSION, DidResult)
 
 
 def areas(seg, images, classes):
@@ -55,7 +90,7 @@ class DID:
     def run(self, ctx):
         gen, seg = ctx.generator, ctx.segmenter
         labels = list(seg.labels)
-        ace = ctx.results["ace"]
+        ace = read_ace_result(ctx.results["ace"])
         layer = ace["layer"]
         names = self.classes or list(ace["classes"])
         unknown = [c for c in names if c not in ace["classes"]]
@@ -66,7 +101,8 @@ class DID:
         control = BetaControl(self.sites)
         sites = control.resolve(gen, layer)
         pool = BufferPool()
-        result = {"layer": layer, "sites": sites, "top_k": self.top_k, "classes": {}}
+        result = {"version": RESULT_VERSION, "layer": layer, "sites": sites, "top_k": self.top_k,
+                  "arm_titles": dict(zip(ARMS, ARM_TITLES)), "classes": {}}
         image_shape = generator_output_shape(gen)
         for name in names:
             units = ace["classes"][name]["ranking"][: self.top_k]
@@ -87,8 +123,8 @@ class DID:
             n = max(1, done)
             arm_area, dy_abs_sum = stats["arm_area"].total, stats["dy_abs_sum"].total
             entry = {"units": units, "samples": done, "area_did": {},
-                     "arm_mean_area": {title: {labels[j]: float(arm_area[i, j] / n) for j in range(len(labels))}
-                                       for i, title in enumerate(ARM_TITLES)},
+                     "arm_mean_area": {arm: {labels[j]: float(arm_area[i, j] / n) for j in range(len(labels))}
+                                       for i, arm in enumerate(ARMS)},
                      "pixel_did_mean_abs": float(dy_abs_sum.mean() / n) if done else 0.0}
             for j, other in enumerate(labels):
                 values = per_sample[:, j]
@@ -221,7 +257,7 @@ class DID:
                  "in-paints the class, negative where it removes it. Intervals: bootstrap 95% over samples.</p>"]
         for name, e in result["classes"].items():
             rows = sorted(e["area_did"].items(), key=lambda kv: -abs(kv[1]["mean"]))
-            before, after = e["arm_mean_area"]["Y(β,u)"], e["arm_mean_area"]["Y(β',u')"]
+            before, after = e["arm_mean_area"]["original"], e["arm_mean_area"]["intervened"]
             shown = [(k, v) for k, v in rows if v["mean"] != 0 or v["ci95"] != [0, 0] or before.get(k) or after.get(k)]
             parts.append(f"<h3 id='{esc(anchor('did', name))}'>top {len(e['units'])} units of {esc(name)} ablated "
                          f"({e['samples']} samples)</h3>")

@@ -19,6 +19,9 @@ import torch
 
 from gandid import hookimpl
 
+from .ace import read_ace_result
+from .did import read_did_result
+
 BACKGROUND = ("unlabelled", "unlabeled", "background")
 CALLS = {"disentangled": "disentangled", "type2_misablation": "type 2: mis-ablation",
          "type1_deactivating": "type 1: deactivating"}  # how the report names each call
@@ -39,7 +42,7 @@ class Entangle:
         self.background = tuple(background) if background is not None else None
 
     def run(self, ctx):
-        ace, did = ctx.results["ace"], ctx.results["did"]
+        ace, did = read_ace_result(ctx.results["ace"]), read_did_result(ctx.results["did"])
         if self.background is None:  # the segmenter may name its background classes (walls, floor, ...)
             self.background = tuple(getattr(ctx.segmenter, "background", ())) + BACKGROUND
         result = {"thresholds": {"survive_threshold": self.survive_threshold,
@@ -69,7 +72,7 @@ class Entangle:
         ranked = sorted(summed.items(), key=lambda kv: -kv[1])
         top, second = ranked[0], ranked[1] if len(ranked) > 1 else (None, 0.0)
         ratio = top[1] / second[1] if second[1] > 0 else math.inf
-        before, after = d["arm_mean_area"]["Y(β,u)"], d["arm_mean_area"]["Y(β',u')"]
+        before, after = d["arm_mean_area"]["original"], d["arm_mean_area"]["intervened"]
         base = before[name]
         remaining = after[name] / base if base > 0 else 0.0
         emerged = {other: (after[other] - before[other]) / base for other in before

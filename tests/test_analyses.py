@@ -186,7 +186,7 @@ def test_did_detects_pixel_norm_inpainting_with_the_predicted_sign(ace_result):
     red = did["red"]["area_did"]
     assert red["green"]["mean"] > 0.05 and red["green"]["ci95"][0] > 0  # in-painted, interval above 0
     arm = did["red"]["arm_mean_area"]
-    assert arm["Y(β',u')"]["green"] > 0.05 and arm["Y(β,u')"]["green"] == 0  # only with the ablated run's β
+    assert arm["intervened"]["green"] > 0.05 and arm["intervened_fixed_beta"]["green"] == 0  # only with the ablated run's β
     assert abs(did["yellow"]["area_did"]["green"]["mean"]) < 1e-9
     assert did["red"]["pixel_did_mean_abs"] > 0
     assert (out / "did_red.png").exists() and (out / "did_red_map.png").exists()
@@ -209,3 +209,32 @@ def test_ace_curve_points_ladder_and_explicit_ks():
     assert ACE(top_k=20).curve_points(128) == [1, 2, 3, 5, 8, 13, 20]
     assert ACE(top_k=20).curve_points(6) == [1, 2, 3, 5, 6]  # fewer units than top_k
     assert ACE(top_k=10, curve_ks=[4, 1, 4, 30, 0]).curve_points(128) == [1, 4]  # sorted, deduplicated, in range
+
+
+def test_a_result_from_another_version_is_refused_clearly():
+    from gandid.errors import GandidError
+    from gandid_plugins.ace import read_ace_result
+    from gandid_plugins.did import read_did_result
+
+    old_ace = {"layer": "layer4", "classes": {"chair": {"ranking": [3, 1]}}}  # written before results had versions
+    with pytest.raises(GandidError, match=r"'ace' result was written by another version of 'ace' \(result version "
+                                          r"None, this gandid reads 1\): run 'ace' again"):
+        read_ace_result(old_ace)
+    with pytest.raises(GandidError, match=r"'did' result lacks \['sites', 'top_k', 'arm_titles', 'classes'\]"):
+        read_did_result({"version": 1, "layer": "layer4"})
+
+
+def test_consumers_read_the_typed_results(ace_result):
+    """did reads ace's ranking and entangle did's arm areas by arm name, through the published types."""
+    import typing
+
+    from gandid_plugins.ace import AceResult, read_ace_result
+    from gandid_plugins.did import ARMS, DidResult, read_did_result
+
+    result = ace_result[0].results
+    ace, did = read_ace_result(result["ace"]), read_did_result(result["did"])
+    assert set(typing.get_type_hints(AceResult)) <= set(ace) and set(typing.get_type_hints(DidResult)) <= set(did)
+    for name, entry in did["classes"].items():
+        assert list(entry["arm_mean_area"]) == list(ARMS)
+        assert entry["units"] == ace["classes"][name]["ranking"][: did["top_k"]]
+    assert set(result["entangle"]["classes"]) == set(did["classes"])
