@@ -288,11 +288,11 @@ class Session:
 
     def write_samples(self, out: Path, n: int = 16) -> None:
         """samples.png: the first n samples of the run's seed, with their segmentation below."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import torch
+
+        from .plotting import pyplot
+
+        plt = pyplot()
 
         with torch.no_grad():
             z = self.generator.sample_z(n, self.cfg.seed).to(self.device)

@@ -21,6 +21,7 @@ from gandid.intervene import Intervention, per_unit, variants
 from gandid.model import find_layer
 from gandid.ops import intervene_pixelnorm
 from gandid.ops.reference import intervene
+from gandid.segmentation import class_fractions
 from gandid.stats import Histogram, Sum
 
 
@@ -67,11 +68,6 @@ def check_class_names(analysis: str, names, segmenter) -> None:
             from gandid.errors import UnknownNameError
 
             raise UnknownNameError(f"class in {analysis}'s classes", name, labels)
-
-
-def class_fractions(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """(B, H, W) labels -> (B, C) fraction of each class's pixels."""
-    return F.one_hot(labels.reshape(len(labels), -1).long(), classes).float().mean(1)
 
 
 def block_fractions(seg, images: torch.Tensor, classes: int) -> torch.Tensor:
@@ -202,7 +198,7 @@ class ACE:
 
     def per_unit_fractions(self, ctx, z, layer, value, classes, what):
         """(U, C) mean class fractions with each single unit ablated (value None) or inserted at value."""
-        units = next(l.channels for l in ctx.generator.layers if l.name == layer)
+        units = find_layer(ctx.generator, layer).channels
         out = torch.zeros(units, classes, dtype=torch.float64)
         chunks = per_unit(ctx.generator, z, layer, value=value)
         for chunk, images in ctx.track(chunks, total=units, description=f"ace {layer}: {what} per unit",
@@ -242,7 +238,7 @@ class ACE:
 
     def context_gain(self, gen, seg, z, layer, units, value, c, labels):
         """Insert the top units at one feature-map pixel; mean gain of class c by the class found there."""
-        info = next(l for l in gen.layers if l.name == layer)
+        info = find_layer(gen, layer)
         h, w = info.size
         g = torch.Generator().manual_seed(0)
         locations = torch.randperm(h * w, generator=g)[: self.context_locations].tolist()
@@ -273,7 +269,7 @@ class ACE:
 
     def optimise_alpha(self, gen, seg, z, layer, value, c):
         """Minimise -delta_alpha + lambda ||alpha||^2 with Adam, alpha clamped to [0, 1]."""
-        info = next(l for l in gen.layers if l.name == layer)
+        info = find_layer(gen, layer)
         alpha = torch.full((info.channels,), 0.5, requires_grad=True)
         opt = torch.optim.Adam([alpha], lr=self.alpha_lr)
         site = norm_site_reading(gen, layer)
@@ -302,10 +298,9 @@ class ACE:
                 "lr": self.alpha_lr, "lambda": self.alpha_lambda}
 
     def plot(self, ctx, result):
-        import matplotlib
+        from gandid.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         for name, entry in result["classes"].items():
             fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))

@@ -15,6 +15,7 @@ import torch
 from gandid import hookimpl
 from gandid.analysis import read_result
 from gandid.intervene import BetaControl, BufferPool, Intervention, counterfactuals, generator_output_shape
+from gandid.segmentation import class_fractions
 from gandid.stats import PerSample, Sum, TopK, bootstrap_ci
 
 from .ace import check_class_names, read_ace_result
@@ -56,9 +57,8 @@ def read_did_result(data: dict) -> DidResult:
 
 
 def areas(seg, images, classes):
-    """(B, C) fraction of each class's pixels in the segmentation of images."""
-    labels = seg.segment(images)
-    return torch.nn.functional.one_hot(labels.reshape(len(labels), -1).long(), classes).double().mean(1)
+    """(B, C) fraction of each class's pixels in the segmentation of images, float64."""
+    return class_fractions(seg.segment(images), classes, torch.float64)
 
 
 class DID:
@@ -158,10 +158,9 @@ class DID:
         samples without it fill the rows only when fewer than ``panels`` contain it, and say so."""
         if self.panels < 1:
             return
-        import matplotlib
+        from gandid.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         gen = ctx.generator
         chosen = [int(i) for _, i in st.get("panel_samples", [])]
@@ -203,10 +202,9 @@ class DID:
         plt.close(fig)
 
     def draw_map(self, ctx, name, mean_abs):
-        import matplotlib
+        from gandid.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(3, 3))
         im = ax.imshow(mean_abs.mean(0).numpy(), cmap="magma")

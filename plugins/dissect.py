@@ -148,10 +148,9 @@ class Dissect:
 
     def draw_strips(self, ctx, layer, summary, units: int = 8, images: int = 5):
         """For the units with the highest IoU: their top images with the thresholded unit mask outlined."""
-        import matplotlib
+        from gandid.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         best = sorted(summary["units"], key=lambda e: -e["iou"])[:units]
         if not best:
@@ -229,12 +228,10 @@ class Dissect:
         return found
 
     def report_section(self, result, out_dir):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        from gandid.plotting import pyplot
         from gandid.report import anchor, esc, fmt, image, sig, table
+
+        plt = pyplot()
 
         parts = [f"<p>Thresholds: <code>{esc(result['threshold_mode'])}</code>; a unit is interpretable when "
                  f"its best IoU with a class exceeds {esc(fmt(result['iou_threshold']))}.</p>"]

@@ -99,10 +99,9 @@ class Entangle:
                 "units_ablated": len(units)}
 
     def plot(self, ctx, ace, result):
-        import matplotlib
+        from gandid.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         names = list(result["classes"])
         if not names:

@@ -163,10 +163,9 @@ def class_frequencies(images: int = 1000, batch: int = 100, weights: str | None 
         LABELS[c]: {name: {"image_share": float(s["images"][c] / images), "pixel_share": float(s["pixels"][c] / images)}
                     for name, s in sums.items()} for c in range(k)}}
     if out is not None:
-        import matplotlib
+        from gandid.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "class_frequencies.json").write_text(json.dumps(result, indent=2))
@@ -188,10 +187,9 @@ def class_frequencies(images: int = 1000, batch: int = 100, weights: str | None 
 
 
 def save_grid(gen, path, n=32, seed=0):
-    import matplotlib
+    from gandid.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with torch.no_grad():
         images = gen.forward(gen.sample_z(n, seed)).clamp(-1, 1)

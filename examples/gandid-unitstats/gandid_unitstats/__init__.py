@@ -6,6 +6,7 @@ when a run is resumed and saves them every few seconds, and writes a JSON result
 import torch
 
 from gandid import hookimpl
+from gandid.model import find_layer
 from gandid.stats import Maximum, Moments
 
 
@@ -23,7 +24,7 @@ class UnitStats:
         # One mergeable statistic per layer and quantity; ctx.tally restores them on --resume and saves them.
         stats = {}
         for layer in ctx.layers:
-            units = next(info.channels for info in ctx.generator.layers if info.name == layer)
+            units = find_layer(ctx.generator, layer).channels
             stats[f"{layer}/moments"] = Moments((units,))
             stats[f"{layer}/max"] = Maximum((units,))
         stream = ctx.tally(stats, key="activations", segment=False, description="unitstats")
