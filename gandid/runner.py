@@ -14,8 +14,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeRemainingColumn)
 from rich.text import Text
 
-from . import __version__
-from . import outdir
+from . import __version__, outdir
 from .analysis import Analysis, AnalysisResult, RunContext, check_contract, load_state_file
 from .config import RunConfig, check_options, option_names
 from .errors import ConfigError, GandidError, OutputExistsError, UnknownNameError
