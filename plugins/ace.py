@@ -120,7 +120,9 @@ class ACE:
         """Per class: its mean area (C,), each unit's insertion value where it is present (U, C) and
         the number of feature-map pixels where it is present (C,)."""
         units = find_layer(ctx.generator, layer).channels
-        stats = {"area": Sum(classes), "act_sum": Sum((units, classes)), "count": Sum(classes), "samples": Sum(())}
+        dev = ctx.device  # statistics live where the features are
+        stats = {"area": Sum(classes, dev), "act_sum": Sum((units, classes), dev), "count": Sum(classes, dev),
+                 "samples": Sum((), dev)}
         if self.value == "quantile":
             # Histogram ranges from the first batch of the same stream (widened; later values clamp into the
             # end bins), fixed before streaming so that a resumed run restores into the same edges.
@@ -199,7 +201,7 @@ class ACE:
     def per_unit_fractions(self, ctx, z, layer, value, classes, what):
         """(U, C) mean class fractions with each single unit ablated (value None) or inserted at value."""
         units = find_layer(ctx.generator, layer).channels
-        out = torch.zeros(units, classes, dtype=torch.float64)
+        out = torch.zeros(units, classes, dtype=torch.float64, device=z.device)
         chunks = per_unit(ctx.generator, z, layer, value=value)
         for chunk, images in ctx.track(chunks, total=units, description=f"ace {layer}: {what} per unit",
                                            size=lambda item: len(item[0])):
@@ -228,7 +230,7 @@ class ACE:
         for k in ks:
             units = ranking[:k]
             ivs += [Intervention(layer, units), Intervention(layer, units, value=value[units])]
-        area = torch.zeros(len(ivs))
+        area = torch.zeros(len(ivs), device=z.device)
         for chunk, images in variants(gen, z, ivs):
             area[chunk] = block_fractions(seg, images, classes)[:, :, c].mean(1)
         ablated, inserted = area[0::2], area[1::2]
@@ -248,10 +250,10 @@ class ACE:
         before = class_fractions(orig, len(labels))[:, c]
         ivs = []
         for p in locations:
-            region = torch.zeros(h, w)
+            region = torch.zeros(h, w, device=z.device)
             region[p // w, p % w] = 1
             ivs.append(Intervention(layer, units, region=region, value=value[units]))
-        gain = torch.zeros(len(locations), n)
+        gain = torch.zeros(len(locations), n, device=z.device)
         for chunk, images in variants(gen, z, ivs):
             gain[chunk] = block_fractions(seg, images, len(labels))[:, :, c] - before
         big_h, big_w = orig.shape[-2:]
@@ -270,11 +272,11 @@ class ACE:
     def optimise_alpha(self, gen, seg, z, layer, value, c):
         """Minimise -delta_alpha + lambda ||alpha||^2 with Adam, alpha clamped to [0, 1]."""
         info = find_layer(gen, layer)
-        alpha = torch.full((info.channels,), 0.5, requires_grad=True)
-        opt = torch.optim.Adam([alpha], lr=self.alpha_lr)
         site = norm_site_reading(gen, layer)
         with torch.no_grad():
             feats = features_at(gen, z, layer)
+        alpha = torch.full((info.channels,), 0.5, device=feats.device, requires_grad=True)
+        opt = torch.optim.Adam([alpha], lr=self.alpha_lr)
         history = []
 
         def generate(val):

@@ -107,8 +107,9 @@ class DID:
         for name in names:
             units = ace["classes"][name]["ranking"][: self.top_k]
             c = labels.index(name)
-            stats = {"area_did": PerSample(len(labels)), "arm_area": Sum((4, len(labels))),
-                     "dy_abs_sum": Sum(image_shape), "panels": TopK(1, self.panels), "present": Sum(())}
+            dev = ctx.device  # statistics live where the images are
+            stats = {"area_did": PerSample(len(labels), dev), "arm_area": Sum((4, len(labels)), dev),
+                     "dy_abs_sum": Sum(image_shape, dev), "panels": TopK(1, self.panels, dev), "present": Sum((), dev)}
             iv = Intervention(layer, units)
             stream = ctx.tally(stats, key=name, samples=self.samples, generate=False, description=f"did {name}")
             for batch in stream:
@@ -207,7 +208,7 @@ class DID:
         plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(3, 3))
-        im = ax.imshow(mean_abs.mean(0).numpy(), cmap="magma")
+        im = ax.imshow(mean_abs.mean(0).cpu().numpy(), cmap="magma")
         ax.set(title=f"mean |ΔY|, {name}", xticks=[], yticks=[])
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()

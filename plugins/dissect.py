@@ -87,7 +87,8 @@ class Dissect:
                 span = (hi - lo).clamp_min(1e-6)
                 hist = Histogram(lo - 0.5 * span, hi + 0.5 * span, self.bins)
                 if self.mode == "iqr":
-                    hist_class = torch.zeros(feats.shape[1], classes, self.bins, dtype=torch.float64)
+                    hist_class = torch.zeros(feats.shape[1], classes, self.bins, dtype=torch.float64,
+                                             device=feats.device)
             size = batch.images.shape[-2:]
             up = upsampled(feats, size)
             hist.update(up)
@@ -95,7 +96,7 @@ class Dissect:
                 idx = hist.bin_index(up)  # (U, P)
                 lab = batch.labels.reshape(-1).long()
                 flat_index = lab[None, :] * self.bins + idx  # (U, P) into (C * B)
-                per_unit = torch.zeros(up.shape[0], classes * self.bins, dtype=torch.float64)
+                per_unit = torch.zeros(up.shape[0], classes * self.bins, dtype=torch.float64, device=up.device)
                 per_unit.scatter_add_(1, flat_index, torch.ones_like(flat_index, dtype=torch.float64))
                 hist_class += per_unit.view(up.shape[0], classes, self.bins)
         if self.mode == "quantile":
@@ -120,8 +121,9 @@ class Dissect:
     def dissect_layer(self, ctx, layer, labels, t):
         """IoU of every unit's thresholded map with every class; ``t`` (U, C) thresholds."""
         classes, units = len(labels), t.shape[0]
-        stats = {"inter": Sum((units, classes)), "active": Sum((units, classes)), "cls": Sum(classes),
-                 "top": TopK(units, self.top_seeds)}
+        dev = t.device  # statistics live where the features are
+        stats = {"inter": Sum((units, classes), dev), "active": Sum((units, classes), dev), "cls": Sum(classes, dev),
+                 "top": TopK(units, self.top_seeds, dev)}
         inter, active, cls, top = stats.values()
         for batch in ctx.tally(stats, key=layer, layers=[layer], description=f"dissect {layer}"):
             feats = batch.features[layer]
