@@ -1,12 +1,31 @@
 """`dissect`: which units draw which classes (GAN Dissection, Bau et al. 2019).
 
-Per unit u a threshold t is fitted on a separate sample set (its own seed): the top quantile of the
-unit's upsampled activations (default 0.99) or, in ``iqr`` mode, per class the t maximising the
-information quality ratio I(r >= t; s_c) / H(r >= t, s_c). Then over the run's samples
-IoU_{u,c} = E|(r_u^ >= t) & s_c| / E|(r_u^ >= t) | s_c|, with r_u^ the activation upsampled bilinearly
-to the segmentation. Thresholds are histogram bin edges and a unit counts as active at t itself, so
-values tied at the quantile (activations often have such atoms) are active. Only sums are kept
-(mergeable, resumable).
+Per unit u a threshold t_u is fitted on a separate sample set (its own seed), then over the run's
+samples IoU_{u,c} = |(r_u^ > t_u) & s_c| / |(r_u^ > t_u) | s_c|, with r_u^ the activation upsampled
+bilinearly to the segmentation's size. Two ways to fit t_u:
+
+- ``quantile`` (default 0.99): the unit's top quantile, from a histogram (the lower edge of the
+  quantile's bin; a unit counts as active at t itself here, so values tied at the quantile, which
+  activations often have, are active); the label is the class of highest IoU.
+- ``iqr``: GAN Dissection's information-quality-ratio selection, as its authors' code does it
+  (CSAILVision/gandissect ``netdissect/dissection.py``: ``collect_iqr``, ``mutual_information``,
+  ``joint_entropy``, and the label choice in ``dissect``/``generate_report``). Candidate thresholds are
+  the unit's unconditional quantiles at 100 log-spaced top fractions from 1e-3 to 1. For each unit,
+  label and candidate the 2x2 table of pixel fractions (unit above / not above x label / not label) is
+  counted exactly on the fit set; IQR = I / H of that table (natural log). Excluded (IQR 0): the last
+  candidate (fraction 1), labels covering less than 1e-3 of the pixels, candidates whose pixel
+  agreement (both on + both off) is at most 0.8, and candidates at or below 0. Each (label, unit) keeps
+  its best candidate; the unit's label is the label with the highest IQR and its threshold that
+  label's candidate. The IoU and IQR reported are counted on the run's samples at that threshold
+  (strictly above it, as there); a unit is interpretable when IQR > ``iqr_threshold`` (0.01) and IoU >
+  ``iou_threshold``. As in that code, the table's "unit on" fraction is counted within the images that
+  contain the label's category while the label's own fractions are over all pixels.
+
+With a segmenter that names categories (object, part, material, ...), the IoU is GAN Dissection's
+category-conditioned IoU (``category_conditioned``): a unit's active pixels are counted only in the
+images that contain the label's category. Each IoU comes with the IoU a map independent of the class
+would get with the same active area (``chance_iou``) and their ratio (``iou_lift``). Only sums are
+kept (mergeable, resumable).
 """
 from __future__ import annotations
 
@@ -21,6 +40,9 @@ from gandid.stats import Histogram, Sum, TopK
 
 FIT_SEED_OFFSET = 1_000_003  # the fit set's seed: config seed + this, so fit and test samples differ
 MODES = ("quantile", "iqr")
+# GAN Dissection's IQR candidates: top fractions 1e-3 .. 1, log-spaced (gandissect collect_iqr).
+IQR_FRACTIONS = torch.logspace(-3, 0, 100, dtype=torch.float64)
+NO_LABEL = ("unlabelled", "unlabeled")  # GAN Dissection's label 0: never an interpretable unit's label
 
 
 def upsampled(features: torch.Tensor, size) -> torch.Tensor:
@@ -34,117 +56,244 @@ def one_hot_pixels(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return F.one_hot(labels.reshape(-1).long(), classes).float()
 
 
-def information_quality_ratio(hist_all: torch.Tensor, hist_class: torch.Tensor):
-    """For thresholds at every bin edge: I(r > t; s_c) / H(r > t, s_c).
+class Categories:
+    """Which category each label belongs to (the segmenter's ``categories``, else every label an
+    object), and which categories each image contains (any of its labels in that category)."""
 
-    hist_all (U, B): pixel counts per activation bin; hist_class (U, C, B): the same for class-c pixels.
-    Returns (U, C, B) ratios, edge j meaning "r in bin >= j".
+    def __init__(self, segmenter, conditioned: bool = True):
+        labels = list(segmenter.labels)
+        named = (getattr(segmenter, "categories", None) or {}) if conditioned else {}
+        self.names = sorted({named.get(label, "object") for label in labels})
+        self.of_label = torch.tensor([self.names.index(named.get(label, "object")) for label in labels])
+
+    def in_images(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) labels -> (B, K) float: 1 where the image contains a label of category k."""
+        present = F.one_hot(labels.reshape(len(labels), -1).long(), len(self.of_label)).amax(1)  # (B, L)
+        of_label = F.one_hot(self.of_label.to(labels.device), len(self.names))  # (L, K)
+        return (present @ of_label).clamp_max(1).double()
+
+
+def _entropy_terms(p: torch.Tensor) -> torch.Tensor:
+    """-p ln p with 0 for p = 0 (gandissect sets NaN terms to 0)."""
+    return torch.where(p > 0, -p * torch.log(p.clamp_min(1e-300)), torch.zeros_like(p))
+
+
+def iqr_table(levels, above_label, above_category, label_pixels, category_pixels, all_pixels, label_category):
+    """GAN Dissection's IQR of every unit, label and candidate level, from exact counts.
+
+    levels (U, V) candidate thresholds; above_label (U, L, V) label-l pixels with activation above level v;
+    above_category (U, K, V) pixels above level v in images containing category k; label_pixels (L,);
+    category_pixels (K,) pixels of the images containing category k; all_pixels; label_category (L,).
+    Returns (iqr, iou), each (U, L, V), with the exclusions described in the module docstring applied to iqr.
     """
-    n = hist_all.sum(1).clamp_min(1)[:, None, None]
-    above = hist_all.flip(1).cumsum(1).flip(1)[:, None, :]  # (U, 1, B): pixels with r > t
-    inter = hist_class.flip(2).cumsum(2).flip(2)  # (U, C, B)
-    cls = hist_class.sum(2, keepdim=True)  # (U, C, 1)
-    p11 = inter / n
-    p10 = (above - inter) / n
-    p01 = (cls - inter) / n
-    p00 = (1 - p11 - p10 - p01).clamp_min(0)
+    truth = (label_pixels / all_pixels)[None, :, None]  # P(label)
+    preds = above_category[:, label_category, :] / category_pixels[label_category].clamp_min(1)[None, :, None]
+    isects = above_label / all_pixels
+    unions = truth + preds - isects
+    table = torch.stack([torch.stack([isects, preds - isects]), torch.stack([truth - isects, 1 - unions])]).clamp(0, 1)
+    unit_marginal, label_marginal = table.sum(1), table.sum(0)  # (2, U, L, V) each: unit on/off, label on/off
+    mutual = torch.zeros_like(isects)
+    joint = torch.zeros_like(isects)
+    for j in range(2):
+        for k in range(2):
+            p = table[j, k]
+            ratio = p / (unit_marginal[j] * label_marginal[k])
+            mutual += torch.where(p > 0, p * torch.log(ratio.clamp_min(1e-300)), torch.zeros_like(p))
+            joint += _entropy_terms(p)
+    mutual, joint = mutual.clamp_min(0), joint.clamp_min(0)
+    mutual[:, :, -1] = 0  # the level at fraction 1: the minimum, every pixel on
+    mutual[:, (label_pixels / all_pixels) < 1e-3, :] = 0  # labels too rare to judge
+    iqr = torch.where(joint > 0, mutual / joint.clamp_min(1e-300), torch.zeros_like(joint))
+    iqr[(isects + table[1, 1]) <= 0.8] = 0  # pixel agreement (both on + both off) at most 0.8
+    iqr[(levels <= 0)[:, None, :].expand_as(iqr)] = 0
+    iou = torch.where(unions > 0, isects / unions.clamp_min(1e-300), torch.zeros_like(unions))
+    return iqr, iou
 
-    def h(*ps):
-        return -sum(torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)) for p in ps)
 
-    joint = h(p11, p10, p01, p00)
-    px, py = p11 + p10, p11 + p01
-    mutual = h(px, 1 - px) + h(py, 1 - py) - joint
-    return torch.where(joint > 0, mutual / joint.clamp_min(1e-12), torch.zeros_like(joint))
+def choose_by_iqr(iqr: torch.Tensor, levels: torch.Tensor):
+    """Per unit: (label (U,), threshold (U,), fit IQR (U,), top fraction index (U,)). Each (unit, label)
+    keeps its best level; the unit takes the label whose best IQR is highest (gandissect's argmax)."""
+    best_iqr, bucket = iqr.max(2)  # (U, L)
+    label = best_iqr.argmax(1)  # (U,)
+    units = torch.arange(len(label), device=label.device)
+    chosen_bucket = bucket[units, label]
+    return label, levels[units, chosen_bucket], best_iqr[units, label], chosen_bucket
+
+
+def table_iqr(inter, active, truth, total):
+    """IQR of the 2x2 table at one threshold from counts (any matching shapes): ``inter`` unit-on label
+    pixels, ``active`` unit-on pixels and ``truth`` label pixels among ``total`` pixels."""
+    cells = [inter, active - inter, truth - inter, total - (active + truth - inter)]
+    p = [(c / total.clamp_min(1)).clamp(0, 1) for c in cells]
+    rows, cols = (p[0] + p[1], p[2] + p[3]), (p[0] + p[2], p[1] + p[3])
+    mutual = sum(torch.where(q > 0, q * torch.log((q / (r * c)).clamp_min(1e-300)), torch.zeros_like(q))
+                 for q, r, c in ((p[0], rows[0], cols[0]), (p[1], rows[0], cols[1]),
+                                 (p[2], rows[1], cols[0]), (p[3], rows[1], cols[1])))
+    joint = sum(_entropy_terms(q) for q in p)
+    return torch.where(joint > 0, mutual.clamp_min(0) / joint.clamp_min(1e-300), torch.zeros_like(joint))
+
+
+def chance_iou(active: torch.Tensor, cls: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """IoU that a map independent of the class would get with the same active area: with a and p the
+    unit's active and the class's pixel fractions among ``total`` pixels, E|A & S| = a p and
+    E|A | S| = a + p - a p. Any matching shapes (counts)."""
+    a, p = active / total.clamp_min(1), cls / total.clamp_min(1)
+    return a * p / (a + p - a * p).clamp_min(1e-12)
+
+
+def lift(iou: float, chance: float) -> float | None:
+    """IoU over chance IoU (None when chance is 0: an empty map or an absent class)."""
+    return iou / chance if chance > 0 else None
+
+
+def criterion(result) -> str:
+    """When a unit counts as interpretable, in words."""
+    text = f"its IoU with its label exceeds {result['iou_threshold']:g}"
+    if result["threshold_mode"] == "iqr":
+        text += f" and its IQR exceeds {result['iqr_threshold']:g}"
+    return text
 
 
 class Dissect:
-    """Options: threshold_mode 'quantile' | 'iqr', quantile, iou_threshold (interpretable above it),
-    fit_samples (threshold fitting set size), bins, top_seeds (kept per unit), unit_chunk."""
+    """Options: threshold_mode 'quantile' | 'iqr', quantile, iou_threshold and iqr_threshold
+    (interpretable above them), fit_samples (threshold fitting set size), bins (histogram of the
+    quantile fit), top_seeds (kept per unit), unit_chunk, category_conditioned."""
 
     def __init__(self, threshold_mode: str = "quantile", quantile: float = 0.99, iou_threshold: float = 0.04,
-                 fit_samples: int = 200, bins: int = 256, top_seeds: int = 8, unit_chunk: int = 64):
+                 iqr_threshold: float = 0.01, fit_samples: int = 200, bins: int = 256, top_seeds: int = 8,
+                 unit_chunk: int = 64, category_conditioned: bool = True):
         if threshold_mode not in MODES:
             from gandid.errors import UnknownNameError
 
             raise UnknownNameError("dissect threshold_mode", threshold_mode, MODES)
         if not 0 < quantile < 1:
             raise ValueError(f"dissect: quantile must be in (0, 1), got {quantile}")
+        if fit_samples < 1 or bins < 2 or top_seeds < 0 or unit_chunk < 1:
+            raise ValueError("dissect: fit_samples and unit_chunk must be at least 1, bins at least 2, top_seeds >= 0")
         self.mode, self.quantile, self.iou_threshold = threshold_mode, quantile, iou_threshold
+        self.iqr_threshold, self.category_conditioned = iqr_threshold, category_conditioned
         self.fit_samples, self.bins, self.top_seeds, self.unit_chunk = fit_samples, bins, top_seeds, unit_chunk
 
     # -- thresholds ------------------------------------------------------------------------
-    def fit_thresholds(self, ctx, layer: str, classes: int) -> torch.Tensor:
-        """(U, C) thresholds fitted on the separate sample set (the same for every class in quantile mode)."""
-        seed = ctx.config.seed + FIT_SEED_OFFSET
-        hist = hist_class = None
-        for batch in ctx.batches(samples=self.fit_samples, seed=seed, layers=[layer],
-                                 segment=self.mode == "iqr", description=f"dissect {layer}: fit thresholds"):
+    def fit_histogram(self, ctx, layer: str, bins: int) -> Histogram:
+        """Histogram of each unit's upsampled activations over the fit set."""
+        hist = None
+        for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
+                                 segment=False, description=f"dissect {layer}: fit thresholds"):
             feats = batch.features[layer]
             if hist is None:  # range from the first batch, widened: later values clamp into the end bins
                 flat = feats.transpose(0, 1).reshape(feats.shape[1], -1).double()
                 lo, hi = flat.min(1).values, flat.max(1).values
                 span = (hi - lo).clamp_min(1e-6)
-                hist = Histogram(lo - 0.5 * span, hi + 0.5 * span, self.bins)
-                if self.mode == "iqr":
-                    hist_class = torch.zeros(feats.shape[1], classes, self.bins, dtype=torch.float64,
-                                             device=feats.device)
-            size = batch.images.shape[-2:]
-            up = upsampled(feats, size)
-            hist.update(up)
-            if self.mode == "iqr":
-                idx = hist.bin_index(up)  # (U, P)
-                lab = batch.labels.reshape(-1).long()
-                flat_index = lab[None, :] * self.bins + idx  # (U, P) into (C * B)
-                per_unit = torch.zeros(up.shape[0], classes * self.bins, dtype=torch.float64, device=up.device)
-                per_unit.scatter_add_(1, flat_index, torch.ones_like(flat_index, dtype=torch.float64))
-                hist_class += per_unit.view(up.shape[0], classes, self.bins)
+                hist = Histogram(lo - 0.5 * span, hi + 0.5 * span, bins)
+            hist.update(upsampled(feats, batch.images.shape[-2:]))
+        return hist
+
+    def fit_thresholds(self, ctx, layer: str, categories: Categories) -> dict:
+        """{"thresholds": (U,)} fitted on the separate sample set; in iqr mode also the fit's label, IQR
+        and top fraction per unit."""
         if self.mode == "quantile":
+            hist = self.fit_histogram(ctx, layer, self.bins)
             # the lower edge of the quantile's bin: ties at the quantile count as active
-            return hist.quantile(self.quantile, interpolate=False)[:, None].expand(-1, classes).float()
-        ratio = information_quality_ratio(hist.counts, hist_class)
-        best = ratio.argmax(2)  # (U, C) edge index
-        return hist.edges().gather(1, best).float()  # edge j of each row, per class
+            return {"thresholds": hist.quantile(self.quantile, interpolate=False).float()}
+        hist = self.fit_histogram(ctx, layer, max(self.bins, 2048))
+        fractions = IQR_FRACTIONS.to(hist.lo.device)
+        levels = torch.stack([hist.quantile(1 - float(f)) for f in fractions], 1)  # (U, V), descending
+        counts = self.count_above_levels(ctx, layer, levels, categories)
+        iqr, _ = iqr_table(levels, counts["above_label"], counts["above_category"], counts["label_pixels"],
+                           counts["category_pixels"], counts["all_pixels"], categories.of_label.to(levels.device))
+        label, threshold, fit_iqr, bucket = choose_by_iqr(iqr, levels)
+        return {"thresholds": threshold.float(), "fit_label": label, "fit_iqr": fit_iqr,
+                "fit_fraction": fractions[bucket], "levels": levels}
+
+    def count_above_levels(self, ctx, layer, levels, categories: Categories) -> dict:
+        """Exact counts on the fit set, for every unit and candidate level v (levels (U, V), descending):
+        label pixels above it, pixels above it in images of each category, and the pixel totals."""
+        units, n_levels = levels.shape
+        n_labels, n_cats = len(categories.of_label), len(categories.names)
+        ascending = levels.flip(1).contiguous()
+        dev = levels.device
+        by_label = torch.zeros(units, n_labels * (n_levels + 1), dtype=torch.float64, device=dev)
+        by_cat = torch.zeros(units, n_cats, n_levels + 1, dtype=torch.float64, device=dev)
+        label_pixels = torch.zeros(n_labels, dtype=torch.float64, device=dev)
+        category_pixels = torch.zeros(n_cats, dtype=torch.float64, device=dev)
+        all_pixels = 0
+        for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
+                                 description=f"dissect {layer}: IQR tables"):
+            feats, labels = batch.features[layer], batch.labels
+            b, pixels = len(labels), labels[0].numel()
+            lab = labels.reshape(-1).long()
+            in_cat = categories.in_images(labels)  # (B, K)
+            label_pixels += torch.bincount(lab, minlength=n_labels).double()
+            category_pixels += in_cat.sum(0) * pixels
+            all_pixels += b * pixels
+            for lo in range(0, units, self.unit_chunk):
+                up = upsampled(feats[:, lo:lo + self.unit_chunk], labels.shape[-2:]).double()  # (u, P)
+                # below[u, p]: how many levels lie strictly below the activation, i.e. it is above
+                # levels[v] exactly when v >= V - below.
+                below = torch.searchsorted(ascending[lo:lo + len(up)], up.contiguous(), side="left")
+                ones = torch.ones_like(below, dtype=torch.float64)
+                by_label[lo:lo + len(up)].scatter_add_(1, lab[None, :] * (n_levels + 1) + below, ones)
+                image = torch.arange(b, device=dev).repeat_interleave(pixels)
+                per_image = torch.zeros(len(up), b * (n_levels + 1), dtype=torch.float64, device=dev)
+                per_image.scatter_add_(1, image[None, :] * (n_levels + 1) + below, ones)
+                by_cat[lo:lo + len(up)] += torch.einsum("ubv,bk->ukv", per_image.view(len(up), b, n_levels + 1),
+                                                        in_cat)
+
+        def above(counts):  # (..., V + 1) by "levels below" -> (..., V): pixels above levels[v]
+            at_least = counts.flip(-1).cumsum(-1).flip(-1)  # [..., j]: pixels with below >= j
+            return at_least[..., 1:].flip(-1)  # level v (descending) needs below >= V - v
+
+        return {"above_label": above(by_label.view(units, n_labels, n_levels + 1)), "above_category": above(by_cat),
+                "label_pixels": label_pixels, "category_pixels": category_pixels,
+                "all_pixels": torch.tensor(float(all_pixels), dtype=torch.float64, device=dev)}
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, ctx):
         labels = list(ctx.segmenter.labels)
-        result = {"threshold_mode": self.mode, "iou_threshold": self.iou_threshold, "layers": {}}
-        thresholds = ctx.state.setdefault("thresholds", {})
+        categories = Categories(ctx.segmenter, self.category_conditioned)
+        result = {"threshold_mode": self.mode, "iou_threshold": self.iou_threshold, "layers": {},
+                  "categories": categories.names, "category_conditioned": len(categories.names) > 1}
+        if self.mode == "iqr":
+            result["iqr_threshold"] = self.iqr_threshold
+        fits = ctx.state.setdefault("fits", {})
         for layer in ctx.layers:
-            if layer not in thresholds:
-                thresholds[layer] = self.fit_thresholds(ctx, layer, len(labels))
+            if layer not in fits:
+                fits[layer] = self.fit_thresholds(ctx, layer, categories)
                 ctx.save_state()
-            result["layers"][layer] = self.dissect_layer(ctx, layer, labels, thresholds[layer])
+            result["layers"][layer] = self.dissect_layer(ctx, layer, labels, fits[layer], categories)
         return result
 
-    def dissect_layer(self, ctx, layer, labels, t):
-        """IoU of every unit's thresholded map with every class; ``t`` (U, C) thresholds."""
-        classes, units = len(labels), t.shape[0]
+    def dissect_layer(self, ctx, layer, labels, fit, categories: Categories):
+        """IoU (and in iqr mode IQR) of every unit's thresholded map with every class, over the run's samples."""
+        t = fit["thresholds"]  # (U,)
+        classes, units, n_cats = len(labels), t.shape[0], len(categories.names)
         dev = t.device  # statistics live where the features are
-        stats = {"inter": Sum((units, classes), dev), "active": Sum((units, classes), dev), "cls": Sum(classes, dev),
-                 "top": TopK(units, self.top_seeds, dev)}
-        inter, active, cls, top = stats.values()
+        stats = {"inter": Sum((units, classes), dev), "active": Sum((units, n_cats), dev), "cls": Sum(classes, dev),
+                 "category_pixels": Sum(n_cats, dev), "top": TopK(units, self.top_seeds, dev)}
+        inter, active, cls, category_pixels, top = stats.values()
         for batch in ctx.tally(stats, key=layer, layers=[layer], description=f"dissect {layer}"):
             feats = batch.features[layer]
             onehot = one_hot_pixels(batch.labels, classes)  # (P, C)
+            in_cat = categories.in_images(batch.labels).float()  # (B, K)
+            b, pixels = len(batch.labels), batch.labels[0].numel()
             cls.update(onehot.sum(0))
+            category_pixels.update(in_cat.sum(0) * pixels)
             top.update(feats.flatten(2).amax(2).transpose(0, 1), torch.as_tensor(list(batch.seeds)))
             for lo in range(0, units, self.unit_chunk):
                 up = upsampled(feats[:, lo:lo + self.unit_chunk], batch.images.shape[-2:])  # (u, P)
-                tc = t[lo:lo + self.unit_chunk]
-                rows = slice(lo, lo + len(up))
-                if self.mode == "quantile":
-                    mask = (up >= tc[:, :1]).float()
-                    inter.update(mask @ onehot, rows)
-                    active.update(mask.sum(1, keepdim=True), rows)
-                else:
-                    for c in range(classes):
-                        mask = (up >= tc[:, c:c + 1]).float()
-                        inter.update(mask @ onehot[:, c], (rows, c))
-                        active.update(mask.sum(1), (rows, c))
-        iou = inter.total / (active.total + cls.total[None, :] - inter.total).clamp_min(1)
-        summary = self.summarise(ctx, layer, labels, iou, t, top)
+                tc = t[lo:lo + self.unit_chunk, None]
+                # quantile mode counts ties at the threshold (a bin edge) as active; iqr mode is strict, as gandissect
+                mask = (up >= tc if self.mode == "quantile" else up > tc).float()
+                inter.update(mask @ onehot, slice(lo, lo + len(up)))
+                active.update(mask.view(len(up), b, pixels).sum(2) @ in_cat, slice(lo, lo + len(up)))
+        of_label = categories.of_label.to(dev)
+        active_per_label = active.total[:, of_label]  # (U, C): unit-on pixels in the images of each label's category
+        total_per_label = category_pixels.total[of_label][None, :]  # (1, C)
+        iou = inter.total / (active_per_label + cls.total[None, :] - inter.total).clamp_min(1)
+        chance = chance_iou(active_per_label, cls.total[None, :], total_per_label)
+        iqr = table_iqr(inter.total, active_per_label, cls.total[None, :], total_per_label)
+        summary = self.summarise(ctx, layer, labels, iou, iqr, chance, fit, top)
         self.draw_strips(ctx, layer, summary)
         return summary
 
@@ -180,24 +329,41 @@ class Dissect:
         fig.savefig(ctx.path(f"dissect_{layer}_top_units.png"), dpi=90)
         plt.close(fig)
 
-    def summarise(self, ctx, layer, labels, iou, thresholds, top):
-        candidates = [c for c, name in enumerate(labels) if name not in ("unlabelled", "unlabeled")]
+    def summarise(self, ctx, layer, labels, iou, iqr, chance, fit, top):
+        """Per unit: its label (highest IoU in quantile mode; the fit's IQR label in iqr mode), threshold,
+        IoU, chance IoU and lift (and IQR); interpretable units per label and category; the CSV."""
+        candidates = [c for c, name in enumerate(labels) if name not in NO_LABEL]
+        thresholds = fit["thresholds"]
         units = []
         interpretable: dict[str, int] = {}
         for u in range(iou.shape[0]):
-            c = max(candidates, key=lambda k: float(iou[u, k]))
-            entry = {"unit": u, "label": labels[c], "iou": float(iou[u, c]), "threshold": float(thresholds[u, c]),
+            if self.mode == "iqr":
+                c = int(fit["fit_label"][u])
+            else:
+                c = max(candidates, key=lambda k: float(iou[u, k]))
+            unit_iou = 0.0 if labels[c] in NO_LABEL else float(iou[u, c])  # gandissect never scores label 0
+            entry = {"unit": u, "label": labels[c], "iou": unit_iou, "threshold": float(thresholds[u]),
+                     "chance_iou": float(chance[u, c]), "iou_lift": lift(unit_iou, float(chance[u, c])),
                      "top_seeds": [int(s) for s in top.ids[u] if s >= 0],
                      "iou_per_class": {labels[k]: float(iou[u, k]) for k in candidates}}
+            passes = unit_iou > self.iou_threshold
+            if self.mode == "iqr":
+                entry.update(iqr=float(iqr[u, c]), fit_iqr=float(fit["fit_iqr"][u]),
+                             fit_top_fraction=float(fit["fit_fraction"][u]))
+                passes = passes and entry["iqr"] > self.iqr_threshold
+            entry["interpretable"] = bool(passes)
             units.append(entry)
-            if entry["iou"] > self.iou_threshold:
+            if passes:
                 interpretable[labels[c]] = interpretable.get(labels[c], 0) + 1
         with ctx.path(f"dissect_{layer}.csv").open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["unit", "label", "iou", "threshold", "top_seeds"])
+            writer.writerow(["unit", "label", "iou", "chance_iou", "iou_lift", "iqr", "interpretable", "threshold",
+                             "top_seeds"])
             for e in units:
-                writer.writerow([e["unit"], e["label"], f"{e['iou']:.6f}", f"{e['threshold']:.6g}",
-                                 " ".join(map(str, e["top_seeds"]))])
+                writer.writerow([e["unit"], e["label"], f"{e['iou']:.6f}", f"{e['chance_iou']:.6f}",
+                                 "" if e["iou_lift"] is None else f"{e['iou_lift']:.3f}",
+                                 f"{e['iqr']:.6f}" if "iqr" in e else "", int(e["interpretable"]),
+                                 f"{e['threshold']:.6g}", " ".join(map(str, e["top_seeds"]))])
         # a segmenter may say which category each label belongs to (object, part, material, ...)
         categories = getattr(ctx.segmenter, "categories", None) or {}
         by_category: dict[str, int] = {}
@@ -205,7 +371,6 @@ class Dissect:
             by_category[categories.get(label, "object")] = by_category.get(categories.get(label, "object"), 0) + count
         return {"threshold_mode": self.mode, "units": units, "interpretable": interpretable,
                 "interpretable_by_category": by_category, "interpretable_total": sum(interpretable.values())}
-
 
     def report_findings(self, result):
         from gandid.report import Finding, anchor, esc, fmt
@@ -218,15 +383,17 @@ class Dissect:
             listed = ", ".join(f"{esc(k)} {v}" for k, v in counts[:12]) + (
                 f" and {len(counts) - 12} more" if len(counts) > 12 else "")
             text = (f"<b>{entry['interpretable_total']} of {len(entry['units'])}</b> units of "
-                    f"<code>{esc(layer)}</code> are interpretable (best IoU &gt; {esc(fmt(result['iou_threshold']))})"
+                    f"<code>{esc(layer)}</code> are interpretable ({esc(criterion(result))})"
                     + (f", for {len(counts)} classes: {listed}" if counts else "") + ".")
             if none:
                 text += f" No unit for {esc(', '.join(none))}."
             found.append(Finding(text, anchor("dissect", layer)))
             if entry["units"]:
                 best = max(entry["units"], key=lambda e: e["iou"])
+                chance = (f", {esc(fmt(best['iou_lift'], 1))}x the {esc(fmt(best['chance_iou'], 3))} a map of the same "
+                          "area would get by chance" if best.get("iou_lift") is not None else "")
                 found.append(Finding(f"Best unit: unit {best['unit']} draws {esc(best['label'])} "
-                                     f"(IoU {esc(fmt(best['iou'], 3))}).", anchor("dissect", layer, "units")))
+                                     f"(IoU {esc(fmt(best['iou'], 3))}{chance}).", anchor("dissect", layer, "units")))
         return found
 
     def report_section(self, result, out_dir):
@@ -235,8 +402,12 @@ class Dissect:
 
         plt = pyplot()
 
+        conditioned = (" IoU is category-conditioned: a unit's active pixels count only in images that contain the "
+                       f"label's category ({esc(', '.join(result.get('categories', [])))})."
+                       if result.get("category_conditioned") else "")
         parts = [f"<p>Thresholds: <code>{esc(result['threshold_mode'])}</code>; a unit is interpretable when "
-                 f"its best IoU with a class exceeds {esc(fmt(result['iou_threshold']))}.</p>"]
+                 f"{esc(criterion(result))}. Chance IoU: what a map independent of the class, with the unit's active "
+                 f"area, would get; lift = IoU / chance IoU.{conditioned}</p>"]
         for layer, entry in result["layers"].items():
             counts = sorted(entry["interpretable"].items(), key=lambda kv: (-kv[1], kv[0]))
             parts.append(f"<h3 id='{esc(anchor('dissect', layer))}'>{esc(layer)}: {entry['interpretable_total']} "
@@ -253,8 +424,11 @@ class Dissect:
             best = sorted(entry["units"], key=lambda e: -e["iou"])[:12]
             parts.append(f"<p id='{esc(anchor('dissect', layer, 'units'))}'>The {len(best)} units with the "
                          "highest IoU (threshold: the unit's activation level that counts as on):</p>")
-            parts.append(table(["unit", "class", "IoU", "threshold"],
-                               [(e["unit"], e["label"], fmt(e["iou"], 3), sig(e["threshold"])) for e in best]))
+            iqr = result["threshold_mode"] == "iqr"
+            parts.append(table(["unit", "class", "IoU", "chance IoU", "lift"] + (["IQR"] if iqr else []) + ["threshold"],
+                               [(e["unit"], e["label"], fmt(e["iou"], 3), fmt(e["chance_iou"], 3),
+                                 "n/a" if e["iou_lift"] is None else f"{fmt(e['iou_lift'], 1)}x")
+                                + ((fmt(e["iqr"], 3),) if iqr else ()) + (sig(e["threshold"]),) for e in best]))
             if (Path(out_dir) / f"dissect_{layer}_top_units.png").exists():
                 parts.append(image(f"dissect_{layer}_top_units.png",
                                    "top units: their highest-activating samples, unit mask outlined"))

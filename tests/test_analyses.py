@@ -46,8 +46,9 @@ def gt_config(tmp_path, **kw):
     return RunConfig(**base)
 
 
-def brute_force_iou(thresholds, samples=48, seed=0):
-    """IoU of every unit with every class, from all samples held in memory at once."""
+def brute_force_iou(thresholds, samples=48, seed=0, strict=False):
+    """IoU of every unit with every class, from all samples held in memory at once (active: at or above
+    the threshold, or strictly above it)."""
     gen, seg = GroundTruthGenerator(), GroundTruthSegmenter()
     z = gen.sample_z(samples, seed)
     with torch.no_grad():
@@ -57,7 +58,7 @@ def brute_force_iou(thresholds, samples=48, seed=0):
     iou = torch.zeros(13, len(LABELS), dtype=torch.float64)
     for u in range(13):
         for c in range(len(LABELS)):
-            a = up[:, u] >= thresholds[u][c]
+            a = up[:, u] > thresholds[u][c] if strict else up[:, u] >= thresholds[u][c]
             s = labels == c
             iou[u, c] = int((a & s).sum()) / max(1, int((a | s).sum()))
     return iou
@@ -76,13 +77,9 @@ def test_dissect_finds_the_planted_units(tmp_path, gt_registry, mode, options):
         assert units[u]["label"] == "blue" and units[u]["iou"] > 0.6
     assert units[12]["iou"] < 0.7  # the constant background unit is not an object detector
     assert layer["interpretable"]["blue"] == 8 and layer["interpretable_by_category"]["object"] >= 10
-    # IoU by brute force on the same samples with the same thresholds
+    # IoU by brute force on the same samples with the same thresholds (iqr mode: strictly above, as gandissect)
     thresholds = [[units[u]["threshold"]] * len(LABELS) for u in range(13)]
-    if mode == "iqr":  # per-class thresholds: recompute each unit's best class at its own threshold
-        for u in range(13):
-            c = LABELS.index(units[u]["label"])
-            thresholds[u][c] = units[u]["threshold"]
-    brute = brute_force_iou(thresholds)
+    brute = brute_force_iou(thresholds, strict=mode == "iqr")
     for u in range(13):
         c = LABELS.index(units[u]["label"])
         assert units[u]["iou"] == pytest.approx(float(brute[u, c]), abs=1e-9)
@@ -238,3 +235,126 @@ def test_consumers_read_the_typed_results(ace_result):
         assert list(entry["arm_mean_area"]) == list(ARMS)
         assert entry["units"] == ace["classes"][name]["ranking"][: did["top_k"]]
     assert set(result["entangle"]["classes"]) == set(did["classes"])
+
+
+def brute_force_iqr(levels, samples, seed):
+    """GAN Dissection's IQR selection written out directly (gandissect collect_iqr + dissect), on all
+    fit samples in memory: returns per unit (label, level index, IQR)."""
+    import math
+
+    gen, seg = GroundTruthGenerator(), GroundTruthSegmenter()
+    z = gen.sample_z(samples, seed)
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(gen.feat(z), size=(16, 16), mode="bilinear", align_corners=False)
+        labels = seg.segment(gen.forward(z))
+    n = labels.numel()
+    out = []
+    for u in range(levels.shape[0]):
+        a = up[:, u].double()
+        best = (-1.0, None, None)  # (iqr, label, level index)
+        for c in range(len(LABELS)):
+            s = labels == c
+            truth = int(s.sum()) / n
+            best_c = (0.0, 0)
+            for v in range(levels.shape[1]):
+                on = a > levels[u, v]
+                p11 = int((on & s).sum()) / n  # one category: every image holds it, so preds is over all pixels
+                p10, p01 = int(on.sum()) / n - p11, truth - p11
+                p00 = 1 - (p11 + p10 + p01)
+                cells = [[p11, p10], [p01, p00]]
+                rows, cols = [p11 + p10, p01 + p00], [p11 + p01, p10 + p00]
+                mi = sum(cells[j][k] * math.log(cells[j][k] / (rows[j] * cols[k]))
+                         for j in range(2) for k in range(2) if cells[j][k] > 0)
+                je = -sum(cells[j][k] * math.log(cells[j][k]) for j in range(2) for k in range(2) if cells[j][k] > 0)
+                excluded = (v == levels.shape[1] - 1 or truth < 1e-3 or p11 + p00 <= 0.8
+                            or float(levels[u, v]) <= 0 or je <= 0)
+                iqr = 0.0 if excluded else max(mi, 0.0) / je
+                if iqr > best_c[0]:
+                    best_c = (iqr, v)
+            if best_c[0] > best[0]:
+                best = (best_c[0], c, best_c[1])
+        out.append((best[1], best[2], best[0]))
+    return out
+
+
+def test_iqr_matches_a_direct_implementation_of_gan_dissections_selection(tmp_path, gt_registry):
+    from gandid_plugins.dissect import FIT_SEED_OFFSET, IQR_FRACTIONS
+
+    cfg = gt_config(tmp_path, analysis_options={"dissect": {"threshold_mode": "iqr", "fit_samples": 32}})
+    assert run(cfg, registry=gt_registry).status == "completed"
+    fit = torch.load(tmp_path / "out" / "state" / "dissect.pt", weights_only=True)["fits"]["feat"]
+    levels = fit["levels"]
+    expected = brute_force_iqr(levels, 32, cfg.seed + FIT_SEED_OFFSET)
+    for u, (label, level, iqr) in enumerate(expected):
+        if iqr > 0:  # a unit with no admissible level has no defined label (gandissect's argmax of zeros)
+            assert int(fit["fit_label"][u]) == label, u
+            assert float(fit["thresholds"][u]) == pytest.approx(float(levels[u, level]), rel=1e-6), u
+            assert float(fit["fit_fraction"][u]) == pytest.approx(float(IQR_FRACTIONS[level]), rel=1e-12)
+        assert float(fit["fit_iqr"][u]) == pytest.approx(iqr, abs=1e-9), u
+
+
+def test_iqr_finds_nothing_in_units_unrelated_to_the_objects(tmp_path):
+    import gandid_plugins.dissect
+
+    from gandid.testing import registry_with
+
+    def noisy_feat(z):  # random smooth maps from z[6:], independent of the objects (z[:6])
+        g = torch.Generator().manual_seed(0)
+        basis = torch.randn(z.shape[1] - 6, 13 * 4 * 4, generator=g)
+        maps = (z[:, 6:] @ basis).view(len(z), 13, 4, 4)
+        return torch.nn.functional.interpolate(maps, size=(8, 8), mode="bilinear", align_corners=False)
+
+    class Unrelated(GroundTruthGenerator):
+        z_dim = 16
+
+        def __init__(self):
+            super().__init__()
+            self.feat.forward = noisy_feat
+
+        def forward(self, z):
+            images = GroundTruthGenerator.forward_from(self, "feat", GroundTruthGenerator().feat(z[:, :6]), z)
+            self.feat(z)  # the layer runs (and is traced) but the image does not read it
+            return images
+
+    reg = registry_with(gandid_plugins.dissect, generators={"unrelated": Unrelated},
+                        segmenters={"gt": GroundTruthSegmenter})
+    for mode in ("iqr", "quantile"):
+        cfg = gt_config(tmp_path, generator="unrelated", out=str(tmp_path / mode), samples=64,
+                        analysis_options={"dissect": {"threshold_mode": mode, "fit_samples": 64}})
+        layer = run(cfg, registry=reg).results["dissect"]["layers"]["feat"]
+        if mode == "iqr":
+            assert layer["interpretable_total"] <= 1, layer["interpretable"]
+        lifts = sorted(u["iou_lift"] for u in layer["units"] if u["iou_lift"] is not None)
+        assert lifts and lifts[len(lifts) // 2] < 1.5  # typically no better than chance (the best of 13 may be)
+
+
+def test_category_conditioned_iou_counts_a_unit_only_in_images_with_the_labels_category(tmp_path):
+    import gandid_plugins.dissect
+
+    from gandid.testing import registry_with
+
+    class WithCategories(GroundTruthSegmenter):
+        categories = {"background": "object", "red": "object", "green": "material", "blue": "object",
+                      "yellow": "part"}
+
+    reg = registry_with(gandid_plugins.dissect, generators={"gt": GroundTruthGenerator},
+                        segmenters={"gt": WithCategories})
+    cfg = gt_config(tmp_path, analysis_options={"dissect": {"quantile": 0.9, "fit_samples": 32}})
+    result = run(cfg, registry=reg).results["dissect"]
+    assert result["category_conditioned"] and result["categories"] == ["material", "object", "part"]
+    units = result["layers"]["feat"]["units"]
+    gen, seg = GroundTruthGenerator(), WithCategories()
+    z = gen.sample_z(48, 0)
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(gen.feat(z), size=(16, 16), mode="bilinear", align_corners=False)
+        labels = seg.segment(gen.forward(z))
+    for u in (2, 12):
+        on = up[:, u] >= units[u]["threshold"]
+        for name, category in WithCategories.categories.items():
+            c = LABELS.index(name)
+            labels_of_category = [LABELS.index(k) for k, v in WithCategories.categories.items() if v == category]
+            images = torch.stack([(labels == k).flatten(1).any(1) for k in labels_of_category]).any(0)  # (N,)
+            s = labels == c
+            inter = int((on & s).sum())
+            union = int(on[images].sum()) + int(s.sum()) - inter
+            assert units[u]["iou_per_class"][name] == pytest.approx(inter / max(union, 1), abs=1e-9), (u, name)
