@@ -51,6 +51,7 @@ setup(
         "pybind11",
         "matplotlib",
         "safetensors",
+        "scipy",  # BCa bootstrap and false-discovery control (did); needs no torch
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "setuptools>=61", "wheel"],

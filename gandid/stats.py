@@ -242,3 +242,41 @@ def bootstrap_ci(values: torch.Tensor, seed: int = 0, resamples: int = 2000, lev
     means = values[idx].mean(1)
     lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64))
     return float(lo), float(hi)
+
+
+def bootstrap_bca(values, seed: int = 0, resamples: int = 2000, level: float = 0.95):
+    """BCa bootstrap intervals of the mean of every column of ``values`` (N, K) at once, and a two-sided
+    bootstrap p-value per column for "the mean is 0" (twice the smaller tail of the bootstrap
+    distribution at 0, at least 1 / (resamples + 1)). Returns numpy arrays (lo, hi, p), each (K,).
+    A constant column gets the interval [v, v] and p = 1 when v = 0 (else 1 / (resamples + 1)).
+    Uses ``scipy.stats.bootstrap`` (method BCa)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    x = np.asarray(values.cpu().double() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    k = x.shape[1]
+    mean = x.mean(0) if len(x) else np.full(k, np.nan)
+    lo, hi = mean.copy(), mean.copy()
+    p = np.ones(k)
+    floor = 1.0 / (resamples + 1)
+    varying = (x.max(0) > x.min(0)) if len(x) >= 2 else np.zeros(k, dtype=bool)
+    p[~varying & (np.abs(lo) > 0)] = floor
+    if varying.any():
+        res = bootstrap((x[:, varying],), np.mean, axis=0, vectorized=True, n_resamples=resamples,
+                        confidence_level=level, method="BCa", random_state=np.random.default_rng(seed))
+        lo[varying], hi[varying] = res.confidence_interval.low, res.confidence_interval.high
+        dist = np.asarray(res.bootstrap_distribution).reshape(int(varying.sum()), -1)
+        tails = np.minimum((dist <= 0).mean(1), (dist >= 0).mean(1))
+        p[varying] = np.clip(2 * tails, floor, 1.0)
+    return lo, hi, p
+
+
+def false_discovery(p):
+    """Benjamini-Hochberg adjusted p-values (q) of a family of tests (``scipy.stats.false_discovery_control``)."""
+    import numpy as np
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p, dtype=np.float64)
+    return false_discovery_control(p, method="bh") if len(p) else p

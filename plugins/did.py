@@ -3,8 +3,10 @@
 For each class: ablate its top-k ACE units at the layer and run the four arms in one pass with β
 controlled from the intervened layer on. Pixel space: ΔY = [Y(β',u') - Y(β',u)] - [Y(β,u') - Y(β,u)]
 per sample, its mean map and mean |ΔY|. Segmentation space: for every class j the DID of its area,
-[A_j(β',u') - A_j(β',u)] - [A_j(β,u') - A_j(β,u)], with a bootstrap 95% interval over samples:
-positive for the classes pixel norm in-paints, negative for the ones it removes.
+[A_j(β',u') - A_j(β',u)] - [A_j(β,u') - A_j(β,u)], with a BCa bootstrap 95% interval over samples
+and a bootstrap p-value, Benjamini-Hochberg adjusted across the classes of each ablation (q):
+positive for the classes pixel norm in-paints, negative for the ones it removes; an effect is
+reported as significant when q < ``fdr`` (0.05).
 """
 from __future__ import annotations
 
@@ -16,18 +18,21 @@ from gandid import hookimpl
 from gandid.analysis import read_result
 from gandid.intervene import BetaControl, BufferPool, Intervention, counterfactuals, generator_output_shape
 from gandid.segmentation import class_fractions
-from gandid.stats import PerSample, Sum, TopK, bootstrap_ci
+from gandid.stats import PerSample, Sum, TopK, bootstrap_bca, false_discovery
 
 from .ace import check_class_names, read_ace_result
 
 ARMS = ("original", "intervened", "intervened_fixed_beta", "original_swapped_beta")  # gandid.intervene.Arms
 ARM_TITLES = ("Y(β,u)", "Y(β',u')", "Y(β,u')", "Y(β',u)")  # for display only; results are keyed by ARMS
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: BCa intervals, p and BH-adjusted q per area DID
 
 
 class AreaDid(TypedDict):
     mean: float  # DID of the class's area, as a fraction of image pixels
-    ci95: list[float]  # bootstrap 95% interval over samples
+    ci95: list[float]  # BCa bootstrap 95% interval over samples
+    p: float  # bootstrap p-value of "no effect"
+    q: float  # Benjamini-Hochberg adjusted across the classes of this ablation
+    significant: bool  # q below the false discovery rate (option fdr, 0.05)
 
 
 class DidClassResult(TypedDict):
@@ -63,12 +68,16 @@ def areas(seg, images, classes):
 
 class DID:
     """Options: top_k (units ablated per class), classes (default: every ACE class), sites (controlled
-    norm sites; default from the intervened layer on), samples, panels (examples drawn), resamples."""
+    norm sites; default from the intervened layer on), samples, panels (examples drawn), resamples
+    (bootstrap), fdr (false discovery rate for the significance marks)."""
 
     requires = ("ace",)
 
     def __init__(self, top_k: int = 20, classes: list[str] | None = None, sites: list[str] | None = None,
-                 samples: int | None = None, panels: int = 4, resamples: int = 2000):
+                 samples: int | None = None, panels: int = 4, resamples: int = 2000, fdr: float = 0.05):
+        if not 0 < fdr < 1:
+            raise ValueError(f"did: fdr must be in (0, 1), got {fdr}")
+        self.fdr = fdr
         for name, n in {"top_k": top_k, "samples": 1 if samples is None else samples, "resamples": resamples,
                         "panels": panels + 1}.items():
             if n < 1:
@@ -127,10 +136,14 @@ class DID:
                      "arm_mean_area": {arm: {labels[j]: float(arm_area[i, j] / n) for j in range(len(labels))}
                                        for i, arm in enumerate(ARMS)},
                      "pixel_did_mean_abs": float(dy_abs_sum.mean() / n) if done else 0.0}
+            # BCa intervals for every class at once; Benjamini-Hochberg across this table's classes
+            lo, hi, p = bootstrap_bca(per_sample, seed=ctx.config.seed, resamples=self.resamples)
+            q = false_discovery(p)
             for j, other in enumerate(labels):
                 values = per_sample[:, j]
-                lo, hi = bootstrap_ci(values, seed=ctx.config.seed + j, resamples=self.resamples)
-                entry["area_did"][other] = {"mean": float(values.mean()) if len(values) else 0.0, "ci95": [lo, hi]}
+                entry["area_did"][other] = {"mean": float(values.mean()) if len(values) else 0.0,
+                                            "ci95": [float(lo[j]), float(hi[j])], "p": float(p[j]), "q": float(q[j]),
+                                            "significant": bool(q[j] < self.fdr)}
             if done:
                 st = {"panel_samples": self.panel_samples(stats), "panel_present": int(stats["present"].total),
                       "done": done}
@@ -232,15 +245,16 @@ class DID:
                     f"{esc(interval(*v['ci95']))}")
 
         found = []
-        up = sorted((t for t in effects if t[2]["ci95"][0] > 0), key=lambda t: -t[2]["mean"])
+        up = sorted((t for t in effects if t[2]["significant"] and t[2]["mean"] > 0), key=lambda t: -t[2]["mean"])
         if up:
-            found.append(Finding(f"Pixel norm in-paints under ablation (area DID, share of image pixels, 95% "
-                                 f"interval), largest of {len(up)} effects above zero: "
+            found.append(Finding(f"Pixel norm in-paints under ablation (area DID, share of image pixels, BCa 95% "
+                                 f"interval), largest of {len(up)} significant effects above zero "
+                                 f"(false discovery rate 5% per ablation): "
                                  + "; ".join(say(*t) for t in up[:top]) + ".", anchor("did", up[0][0])))
         else:
-            found.append(f"Ablating each class's top {k}units, no class is in-painted by pixel norm with a 95% "
-                         "interval above zero.")
-        down = sorted((t for t in effects if t[2]["ci95"][1] < 0), key=lambda t: t[2]["mean"])
+            found.append(f"Ablating each class's top {k}units, no class is significantly in-painted by pixel norm "
+                         "(false discovery rate 5% per ablation).")
+        down = sorted((t for t in effects if t[2]["significant"] and t[2]["mean"] < 0), key=lambda t: t[2]["mean"])
         if down:
             found.append(Finding("Largest removal by pixel norm: " + say(*down[0]) + ".", anchor("did", down[0][0])))
         return found
@@ -248,21 +262,24 @@ class DID:
     def report_section(self, result, out_dir):
         from pathlib import Path
 
-        from gandid.report import anchor, esc, fmt, image, interval, pct, pp, table
+        from gandid.report import Html, anchor, esc, fmt, image, interval, pct, pp, sig, table
 
         parts = [f"<p>Layer <code>{esc(result['layer'])}</code>; β controlled at {len(result['sites'])} sites "
                  f"({esc(', '.join(result['sites']))}). Area DID: [A(β',u') - A(β',u)] - [A(β,u') - A(β,u)], "
                  "A a class's share of the image pixels, in percentage points (pp): positive where pixel norm "
-                 "in-paints the class, negative where it removes it. Intervals: bootstrap 95% over samples.</p>"]
+                 "in-paints the class, negative where it removes it. Intervals: BCa bootstrap 95% over samples; "
+                 "q: the bootstrap p-value adjusted (Benjamini-Hochberg) across the classes of each table; "
+                 "<b>bold</b>: significant (q &lt; 0.05).</p>"]
         for name, e in result["classes"].items():
             rows = sorted(e["area_did"].items(), key=lambda kv: -abs(kv[1]["mean"]))
             before, after = e["arm_mean_area"]["original"], e["arm_mean_area"]["intervened"]
             shown = [(k, v) for k, v in rows if v["mean"] != 0 or v["ci95"] != [0, 0] or before.get(k) or after.get(k)]
             parts.append(f"<h3 id='{esc(anchor('did', name))}'>top {len(e['units'])} units of {esc(name)} ablated "
                          f"({e['samples']} samples)</h3>")
-            numbers = table(["class", "area DID", "95% interval", "area Y(β,u)", "area Y(β',u')"],
-                            [(k, pp(v["mean"]), interval(*v["ci95"]), pct(before.get(k, 0), 1),
-                              pct(after.get(k, 0), 1)) for k, v in shown])
+            numbers = table(["class", "area DID", "95% interval", "q", "area Y(β,u)", "area Y(β',u')"],
+                            [(k, Html(f"<b>{esc(pp(v['mean']))}</b>") if v["significant"] else pp(v["mean"]),
+                              interval(*v["ci95"]), sig(v["q"]), pct(before.get(k, 0), 1), pct(after.get(k, 0), 1))
+                             for k, v in shown])
             if len(shown) < len(rows):
                 numbers += (f"<p class='muted'>{len(rows) - len(shown)} classes absent from every arm are "
                             "not listed.</p>")

@@ -182,6 +182,8 @@ def test_did_detects_pixel_norm_inpainting_with_the_predicted_sign(ace_result):
     did = result.results["did"]["classes"]
     red = did["red"]["area_did"]
     assert red["green"]["mean"] > 0.05 and red["green"]["ci95"][0] > 0  # in-painted, interval above 0
+    assert red["green"]["significant"] and red["green"]["q"] < 0.05
+    assert not did["yellow"]["area_did"]["green"]["significant"]
     arm = did["red"]["arm_mean_area"]
     assert arm["intervened"]["green"] > 0.05 and arm["intervened_fixed_beta"]["green"] == 0  # only with the ablated run's β
     assert abs(did["yellow"]["area_did"]["green"]["mean"]) < 1e-9
@@ -218,7 +220,7 @@ def test_a_result_from_another_version_is_refused_clearly():
                                           r"None, this gandid reads 1\): run 'ace' again"):
         read_ace_result(old_ace)
     with pytest.raises(GandidError, match=r"'did' result lacks \['sites', 'top_k', 'arm_titles', 'classes'\]"):
-        read_did_result({"version": 1, "layer": "layer4"})
+        read_did_result({"version": 2, "layer": "layer4"})
 
 
 def test_consumers_read_the_typed_results(ace_result):

@@ -126,3 +126,33 @@ def test_per_sample_refuses_a_sample_counted_twice():
     a.merge(a.from_state(a.state_dict()))
     with pytest.raises(ValueError, match="counted twice"):
         a.rows()
+
+
+def test_bca_intervals_cover_and_match_a_per_column_percentile_bootstrap_roughly():
+    """Vectorised BCa over columns against an independent per-column percentile bootstrap (numpy)."""
+    import numpy as np
+
+    from gandid.stats import bootstrap_bca, false_discovery
+
+    rng = np.random.default_rng(1)
+    x = np.stack([rng.normal(0, 1, 300), rng.normal(0.3, 1, 300), rng.exponential(1, 300) - 1,
+                  np.zeros(300)], 1)
+    lo, hi, p = bootstrap_bca(torch.from_numpy(x), seed=0, resamples=4000)
+    for j in range(3):
+        means = x[rng.integers(0, 300, (4000, 300)), j].mean(1)
+        plo, phi = np.quantile(means, [0.025, 0.975])
+        assert abs(lo[j] - plo) < 0.03 and abs(hi[j] - phi) < 0.03  # same interval up to BCa's corrections
+        assert lo[j] < x[:, j].mean() < hi[j]
+    assert lo[3] == hi[3] == 0 and p[3] == 1.0
+    from scipy.stats import norm
+
+    for j in range(2):  # the bootstrap p-value is close to the normal-theory one for these means
+        z = x[:, j].mean() / (x[:, j].std(ddof=1) / np.sqrt(300))
+        assert abs(p[j] - 2 * norm.sf(abs(z))) < 0.02
+    q = false_discovery(p)
+    assert np.all(q >= p) and q[1] < 0.05
+    # Benjamini-Hochberg by hand: q_(i) = min over j >= i of p_(j) m / j
+    order = np.argsort(p)
+    m = len(p)
+    by_hand = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    assert np.allclose(q[order], np.minimum(by_hand, 1))
