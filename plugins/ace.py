@@ -26,13 +26,18 @@ from gandid.stats import Histogram, Sum
 
 
 NOT_OBJECTS = ("unlabelled", "unlabeled", "background")  # never chosen as ACE classes by default
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: standard errors, intervals and top-k stability
 
 
 class AceClassResult(TypedDict):
     """One class's ACE. Effects are changes in the fraction of image pixels of the class."""
 
     unit_ace: list[float]  # (U,) per-unit ACE: E[s_c(inserted)] - E[s_c(ablated)]
+    unit_ace_se: list[float]  # (U,) its standard error over latents (paired)
+    unit_ace_ci95: list[list[float]]  # (U, 2) t interval
+    topk_stability: dict[str, float]  # top-k unit -> share of latent resamples keeping it in the top k
+    rank_beats_next: list[float]  # rank r of the top k: share of resamples where it beats rank r + 1
+    rank_distinguishable: list[bool]  # rank_beats_next >= 0.95
     ranking: list[int]  # units by ACE, largest first
     insert_value: list[float]  # (U,) each unit's insertion value k_u
     curve_k: list[int]  # k of the top-k curves (0 first)
@@ -68,6 +73,31 @@ def check_class_names(analysis: str, names, segmenter) -> None:
             from gandid.errors import UnknownNameError
 
             raise UnknownNameError(f"class in {analysis}'s classes", name, labels)
+
+
+def ace_uncertainty(effects: torch.Tensor, top: list[int], seed: int, resamples: int = 1000) -> dict:
+    """Uncertainty of per-unit ACE from its per-latent effects (U, N) (inserted minus ablated class
+    fraction for the same latent): standard errors and t intervals (95%), and, resampling the latents
+    (bootstrap), how often each of the ``top`` units stays in the top len(top) and how often each rank
+    beats the next one (a rank is *distinguishable* when that happens in at least 95% of resamples)."""
+    from scipy.stats import t as student_t
+
+    units, n = effects.shape
+    mean = effects.mean(1)
+    se = effects.std(1) / n ** 0.5 if n > 1 else torch.full_like(mean, float("nan"))
+    half = float(student_t.ppf(0.975, n - 1)) * se if n > 1 else se
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (resamples, n), generator=g).to(effects.device)
+    boot = effects[:, idx].mean(2)  # (U, resamples)
+    k = len(top)
+    in_top = torch.zeros(units, dtype=torch.float64, device=effects.device)
+    if k:
+        in_top.scatter_add_(0, boot.topk(k, dim=0).indices.flatten(),
+                            torch.ones(k * resamples, dtype=torch.float64, device=effects.device))
+    beats = [float((boot[a] > boot[b]).double().mean()) for a, b in zip(top, top[1:])]
+    return {"unit_ace_se": se.tolist(), "unit_ace_ci95": torch.stack([mean - half, mean + half], 1).tolist(),
+            "topk_stability": {str(u): float(in_top[u]) / resamples for u in top},
+            "rank_beats_next": beats, "rank_distinguishable": [b >= 0.95 for b in beats]}
 
 
 def block_fractions(seg, images: torch.Tensor, classes: int) -> torch.Tensor:
@@ -177,7 +207,8 @@ class ACE:
         with torch.no_grad():
             base = class_fractions(seg.segment(gen.forward(z)), len(labels))  # (N, C)
         if "ablated" not in state:
-            state["ablated"] = self.per_unit_fractions(ctx, z, layer, None, len(labels), "ablate")
+            state["ablated"], state["ablated_latents"] = self.per_unit_fractions(ctx, z, layer, None, len(labels),
+                                                                                 "ablate")
             ctx.save_state()
         result = {"version": RESULT_VERSION, "layer": layer, "samples": self.samples, "class_area": {labels[c]: float(area[c])
                                                                          for c in range(len(labels))},
@@ -185,11 +216,15 @@ class ACE:
         for c in chosen:
             key = f"inserted_{c}"
             if key not in state:
-                state[key] = self.per_unit_fractions(ctx, z, layer, values[:, c], len(labels), f"insert {labels[c]}")
+                mean, latents = self.per_unit_fractions(ctx, z, layer, values[:, c], len(labels), f"insert {labels[c]}")
+                state[key], state[f"{key}_latents"] = mean, latents[:, :, c]  # only class c of an insertion is read
                 ctx.save_state()
             ace = (state[key][:, c] - state["ablated"][:, c]).float()
             ranking = torch.argsort(ace, descending=True).tolist()
             entry = {"unit_ace": ace.tolist(), "ranking": ranking, "insert_value": values[:, c].tolist()}
+            # per latent, paired: the same z inserted and ablated
+            effects = state[f"{key}_latents"].double() - state["ablated_latents"][:, :, c].double()  # (U, N)
+            entry.update(ace_uncertainty(effects, ranking[: self.top_k], seed=ctx.config.seed + c))
             entry.update(self.top_k_curves(gen, seg, z, layer, ranking, values[:, c], c, base, len(labels)))
             entry["context_gain"] = self.context_gain(gen, seg, z, layer, ranking[: self.top_k], values[:, c], c,
                                                       labels)
@@ -199,16 +234,19 @@ class ACE:
         return result
 
     def per_unit_fractions(self, ctx, z, layer, value, classes, what):
-        """(U, C) mean class fractions with each single unit ablated (value None) or inserted at value."""
+        """Class fractions with each single unit ablated (value None) or inserted at value: the mean over
+        latents (U, C) and each latent's (U, N, C)."""
         units = find_layer(ctx.generator, layer).channels
         out = torch.zeros(units, classes, dtype=torch.float64, device=z.device)
+        per_latent = torch.zeros(units, len(z), classes, device=z.device)
         chunks = per_unit(ctx.generator, z, layer, value=value)
         for chunk, images in ctx.track(chunks, total=units, description=f"ace {layer}: {what} per unit",
                                            size=lambda item: len(item[0])):
             fractions = block_fractions(ctx.segmenter, images, classes)  # (u, N, C)
             for i, u in enumerate(chunk):
                 out[u] = fractions[i].mean(0).double()
-        return out
+                per_latent[u] = fractions[i]
+        return out, per_latent
 
     def curve_points(self, available: int) -> list[int]:
         """The k at which the top-k curves are measured: ``curve_ks``, or a Fibonacci-like ladder up to top_k."""
@@ -322,7 +360,7 @@ class ACE:
     REMOVES = 0.5  # the findings say ablation removes a class when the top-k units take at least this much of it
 
     def report_findings(self, result):
-        from gandid.report import Finding, anchor, esc, link, pct, pp
+        from gandid.report import Finding, anchor, esc, interval, link, pct, pp
 
         classes = result["classes"]
         if not classes:
@@ -350,13 +388,20 @@ class ACE:
         best = max(((n, u, e["unit_ace"][u]) for n, e in classes.items() for u in e["ranking"][:1]),
                    key=lambda t: t[2], default=None)
         if best is not None:
+            entry = classes[best[0]]
+            ci = (f" {esc(interval(*entry['unit_ace_ci95'][best[1]]))}" if "unit_ace_ci95" in entry else "")
             found.append(Finding(f"Strongest single unit: unit {best[1]} on {esc(best[0])}, ACE "
-                                 f"<b>{esc(pp(best[2]))}</b> of image pixels (inserted minus ablated).",
-                                 anchor("ace", best[0])))
+                                 f"<b>{esc(pp(best[2]))}</b>{ci} of image pixels (inserted minus ablated, 95% interval "
+                                 "over latents).", anchor("ace", best[0])))
+        unstable = [f"{esc(n)} (rank {beats.index(False) + 1})" for n, e in classes.items()
+                    for beats in [e.get("rank_distinguishable", [])] if False in beats]
+        if unstable:
+            found.append("Ranks that resampling the latents cannot tell from the next one (first such rank): "
+                         + ", ".join(unstable) + ".")
         return found
 
     def report_section(self, result, out_dir):
-        from gandid.report import anchor, esc, image, pct, pp, table
+        from gandid.report import anchor, esc, image, interval, pct, pp, table
 
         parts = [f"<p>Layer <code>{esc(result['layer'])}</code>, {esc(result['samples'])} latents per estimate. "
                  "ACE is the change in the fraction of image pixels of the class between inserting and ablating "
@@ -370,8 +415,16 @@ class ACE:
             parts.append(f"<p>Ablating the top {k} units removes <b>{esc(pct(removed))}</b> of {esc(name)}{area}; "
                          f"the alpha optimisation turned on {len(e['alpha_opt']['units_above_half'])} units "
                          f"(final soft ACE {esc(pp(e['alpha_opt']['final_delta']))}).</p>")
-            tables = [f"<div><p class='muted'>The top {len(top)} units</p>"
-                      + table(["rank", "unit", "ACE"], [(i + 1, u, pp(e["unit_ace"][u])) for i, u in enumerate(top)])
+            stability, beats = e.get("topk_stability", {}), e.get("rank_distinguishable", [])
+            k_top = len(stability)
+            rows = [(i + 1, u, pp(e["unit_ace"][u]), interval(*e["unit_ace_ci95"][u]) if "unit_ace_ci95" in e else "n/a",
+                     pct(stability[str(u)]) if str(u) in stability else "n/a",
+                     ("yes" if beats[i] else "no") if i < len(beats) else "")
+                    for i, u in enumerate(top)]
+            tables = [f"<div><p class='muted'>The top {len(top)} units: 95% interval over latents; how often the unit "
+                      f"stays in the top {k_top} when the latents are resampled; whether its rank beats the next "
+                      "one in 95% of resamples</p>"
+                      + table(["rank", "unit", "ACE", "95% interval", f"in top {k_top}", "beats next"], rows)
                       + "</div>"]
             ctx_rows = sorted(e["context_gain"].items(), key=lambda kv: -kv[1]["mean_gain"])
             if ctx_rows:

@@ -145,6 +145,8 @@ def test_ace_ranks_planted_units_first_with_the_right_sign(ace_result):
     assert set(classes) == {"red", "blue", "yellow"}  # green only exists after an ablation
     red, yellow, blue = classes["red"], classes["yellow"], classes["blue"]
     assert red["ranking"][0] == 0 and red["unit_ace"][0] > 0.2
+    assert red["topk_stability"]["0"] == 1.0 and red["rank_distinguishable"][0]  # unit 0 is clearly first
+    assert red["unit_ace_ci95"][0][0] > 0.1
     assert yellow["ranking"][0] == 2 and yellow["unit_ace"][2] > 0.2
     # blue is redundant: its eight units share the effect equally (a flat distribution), and they
     # rank above every other unit
@@ -217,7 +219,7 @@ def test_a_result_from_another_version_is_refused_clearly():
 
     old_ace = {"layer": "layer4", "classes": {"chair": {"ranking": [3, 1]}}}  # written before results had versions
     with pytest.raises(GandidError, match=r"'ace' result was written by another version of 'ace' \(result version "
-                                          r"None, this gandid reads 1\): run 'ace' again"):
+                                          r"None, this gandid reads 2\): run 'ace' again"):
         read_ace_result(old_ace)
     with pytest.raises(GandidError, match=r"'did' result lacks \['sites', 'top_k', 'arm_titles', 'classes'\]"):
         read_did_result({"version": 2, "layer": "layer4"})
@@ -360,3 +362,24 @@ def test_category_conditioned_iou_counts_a_unit_only_in_images_with_the_labels_c
             inter = int((on & s).sum())
             union = int(on[images].sum()) + int(s.sum()) - inter
             assert units[u]["iou_per_class"][name] == pytest.approx(inter / max(union, 1), abs=1e-9), (u, name)
+
+
+def test_ace_uncertainty_against_numpy_and_clear_cut_rankings():
+    import numpy as np
+
+    from gandid_plugins.ace import ace_uncertainty
+
+    g = torch.Generator().manual_seed(5)
+    effects = torch.randn(6, 40, generator=g, dtype=torch.float64) * 0.01
+    effects[0] += 0.2  # far ahead of everyone
+    effects[1] += 0.05
+    effects[2] = effects[1] + 1e-12 * torch.randn(40, generator=g, dtype=torch.float64)  # a tie with unit 1
+    out = ace_uncertainty(effects, top=[0, 1, 2], seed=0, resamples=2000)
+    x = effects.numpy()
+    se = x.std(1, ddof=1) / np.sqrt(40)
+    assert np.allclose(out["unit_ace_se"], se, rtol=1e-9)
+    ci = np.array(out["unit_ace_ci95"])
+    assert np.allclose((ci[:, 0] + ci[:, 1]) / 2, x.mean(1)) and np.allclose(ci[:, 1] - ci[:, 0], 2 * 2.0227 * se,
+                                                                               rtol=1e-3)  # t(0.975, 39)
+    assert out["topk_stability"]["0"] == 1.0 and out["rank_distinguishable"][0]
+    assert 0.2 < out["rank_beats_next"][1] < 0.8 and not out["rank_distinguishable"][1]  # 1 vs 2: a coin toss
