@@ -24,7 +24,7 @@ from .ace import check_class_names, read_ace_result
 
 ARMS = ("original", "intervened", "intervened_fixed_beta", "original_swapped_beta")  # gandid.intervene.Arms
 ARM_TITLES = ("Y(β,u)", "Y(β',u')", "Y(β,u')", "Y(β',u)")  # for display only; results are keyed by ARMS
-RESULT_VERSION = 2  # 2: BCa intervals, p and BH-adjusted q per area DID
+RESULT_VERSION = 3  # 2: BCa intervals, p and q per area DID; 3: ablation effect with intervals
 
 
 class AreaDid(TypedDict):
@@ -43,6 +43,7 @@ class DidClassResult(TypedDict):
     area_did: dict[str, AreaDid]  # per class j: [A_j(β',u') - A_j(β',u)] - [A_j(β,u') - A_j(β,u)]
     arm_mean_area: dict[str, dict[str, float]]  # arm name (ARMS) -> class -> mean fraction of image pixels
     pixel_did_mean_abs: float  # mean |ΔY| over pixels, channels and samples (image values in [-1, 1])
+    ablation: dict  # what the ablation itself did, with bootstrap 95% intervals (see ablation_effect)
 
 
 class DidResult(TypedDict):
@@ -54,6 +55,31 @@ class DidResult(TypedDict):
     top_k: int
     arm_titles: dict[str, str]  # arm name -> Y(β,u)-style title
     classes: dict[str, DidClassResult]
+
+
+def ablation_effect(before_after: torch.Tensor, c: int, labels, seed: int, resamples: int = 2000) -> dict:
+    """What ablating class c's units did, natural run against original (Y(β',u') against Y(β,u)), from
+    per-sample areas (N, 2C) (the C original, then the C ablated areas): the share of c that remains,
+    mean(after_c) / mean(before_c), and each class's gain relative to c's area,
+    (mean(after_j) - mean(before_j)) / mean(before_c), with percentile bootstrap 95% intervals over
+    samples. None where c is absent from the originals."""
+    n, classes = before_after.shape[0], before_after.shape[1] // 2
+    rows = before_after.double()
+    mean = rows.mean(0)
+    if n == 0 or float(mean[c]) <= 0:
+        return {"remaining": None, "gain": {}}
+    g = torch.Generator().manual_seed(seed)
+    boot = rows[torch.randint(n, (resamples, n), generator=g).to(rows.device)].mean(1)  # (B, 2C)
+    before, after = boot[:, :classes], boot[:, classes:]
+    base = before[:, c].clamp_min(1e-12)
+
+    def summary(point, draws):
+        lo, hi = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=draws.dtype, device=draws.device))
+        return {"mean": float(point), "ci95": [float(lo), float(hi)]}
+
+    gain = {labels[j]: summary((mean[classes + j] - mean[j]) / mean[c], (after[:, j] - before[:, j]) / base)
+            for j in range(classes) if j != c}
+    return {"remaining": summary(mean[classes + c] / mean[c], after[:, c] / base), "gain": gain}
 
 
 def read_did_result(data: dict) -> DidResult:
@@ -118,6 +144,7 @@ class DID:
             c = labels.index(name)
             dev = ctx.device  # statistics live where the images are
             stats = {"area_did": PerSample(len(labels), dev), "arm_area": Sum((4, len(labels)), dev),
+                     "before_after": PerSample(2 * len(labels), dev),
                      "dy_abs_sum": Sum(image_shape, dev), "panels": TopK(1, self.panels, dev), "present": Sum((), dev)}
             iv = Intervention(layer, units)
             stream = ctx.tally(stats, key=name, samples=self.samples, generate=False, description=f"did {name}")
@@ -126,6 +153,7 @@ class DID:
                 a = [areas(seg, getattr(arms, arm), len(labels)) for arm in ARMS]  # 4 x (B, C)
                 stats["area_did"].update((a[1] - a[3]) - (a[2] - a[0]), batch.seeds)
                 stats["arm_area"].update(torch.stack([x.sum(0) for x in a]))
+                stats["before_after"].update(torch.cat([a[0], a[1]], 1), batch.seeds)  # Y(β,u) and Y(β',u') areas
                 stats["dy_abs_sum"].update(arms.did.double().abs().sum(0))
                 self.keep_panel_samples(stats, batch.seeds, a[0][:, c])
             per_sample = stats["area_did"].rows()
@@ -144,6 +172,8 @@ class DID:
                 entry["area_did"][other] = {"mean": float(values.mean()) if len(values) else 0.0,
                                             "ci95": [float(lo[j]), float(hi[j])], "p": float(p[j]), "q": float(q[j]),
                                             "significant": bool(q[j] < self.fdr)}
+            entry["ablation"] = ablation_effect(stats["before_after"].rows(), c, labels, seed=ctx.config.seed + c,
+                                                resamples=self.resamples)
             if done:
                 st = {"panel_samples": self.panel_samples(stats), "panel_present": int(stats["present"].total),
                       "done": done}

@@ -24,7 +24,8 @@ from .did import read_did_result
 
 BACKGROUND = ("unlabelled", "unlabeled", "background")
 CALLS = {"disentangled": "disentangled", "type2_misablation": "type 2: mis-ablation",
-         "type1_deactivating": "type 1: deactivating"}  # how the report names each call
+         "type1_deactivating": "type 1: deactivating",
+         "uncertain": "uncertain (an interval contains a threshold)"}  # how the report names each call
 
 
 class Entangle:
@@ -55,6 +56,23 @@ class Entangle:
         self.plot(ctx, ace, result)
         return result
 
+    def straddles(self, name, ablation, emerged) -> list[str]:
+        """The pieces of evidence whose 95% interval (did's ``ablation``) contains the threshold the call
+        compares them with: the share of the class that remains, and each non-background class's gain."""
+        if not ablation or ablation.get("remaining") is None:
+            return []
+        out = []
+        lo, hi = ablation["remaining"]["ci95"]
+        if lo <= self.survive_threshold <= hi:
+            out.append(f"the share of {name} that remains, [{lo:.0%}, {hi:.0%}], contains {self.survive_threshold:.0%}")
+        elif hi < self.survive_threshold:  # removed: whether something emerged decides between type 2 and none
+            for other in emerged:
+                g_lo, g_hi = ablation["gain"][other]["ci95"]
+                if g_lo <= self.emerge_threshold <= g_hi:
+                    out.append(f"the gain of {other}, [{g_lo:.0%}, {g_hi:.0%}] of {name}'s area, contains "
+                               f"{self.emerge_threshold:.0%}")
+        return out
+
     def distribution(self, unit_ace):
         pos = torch.tensor([a for a in unit_ace if a > 0], dtype=torch.float64).sort(descending=True).values
         total = float(pos.sum())
@@ -79,7 +97,11 @@ class Entangle:
                    if other != name and other not in self.background and base > 0}
         emerging = sorted(((k, v) for k, v in emerged.items() if v >= self.emerge_threshold), key=lambda kv: -kv[1])
         dist = self.distribution(ace["classes"][name]["unit_ace"])
-        if remaining > self.survive_threshold:
+        uncertain = self.straddles(name, d.get("ablation"), emerged)
+        if uncertain:
+            call = "uncertain"
+            why = f"the evidence cannot decide: {'; '.join(uncertain)}"
+        elif remaining > self.survive_threshold:
             call = "type1_deactivating"
             why = (f"{remaining:.0%} of {name} remains after ablating its top {len(units)} units; "
                    f"the top {self.top_share_units} units hold {dist['top_share']:.0%} of its positive ACE "
@@ -91,7 +113,9 @@ class Entangle:
         else:
             call = "disentangled"
             why = f"{name} is removed ({remaining:.0%} remains) and no other class gains {self.emerge_threshold:.0%}"
-        return {"call": call, "why": why, "remaining_fraction": remaining, "emerging": dict(emerging),
+        return {"call": call, "why": why, "uncertain_because": uncertain, "remaining_fraction": remaining,
+                "remaining_ci95": ((d.get("ablation") or {}).get("remaining") or {}).get("ci95"),
+                "emerging": dict(emerging),
                 "area_gain": emerged, "ace_distribution": dist,
                 "summed_ace_ranking": [{"class": k, "summed_ace": v} for k, v in ranked],
                 "top_vs_second": {"top": top[0], "second": second[0], "ratio": ratio,
@@ -134,6 +158,8 @@ class Entangle:
         from gandid.report import pct
 
         dist = e["ace_distribution"]
+        if e["call"] == "uncertain":
+            return "the evidence cannot decide: " + "; ".join(e.get("uncertain_because", []))
         if e["call"] == "type1_deactivating":
             return (f"{pct(e['remaining_fraction'])} of {name} remains after ablating its top {e['units_ablated']} "
                     f"units; the top {thresholds.get('top_share_units', 20)} units hold {pct(dist['top_share'])} "
@@ -166,20 +192,29 @@ class Entangle:
                 f"{link(anchor('entangle', n), n)} {esc(pct(e['remaining_fraction']))} remains "
                 f"(ACE share {esc(pct(e['ace_distribution']['top_share']))})"
                 for n, e in groups["type1_deactivating"]) + ".", "entangle"))
+        if groups["uncertain"]:
+            found.append(Finding("<b>Uncertain</b> (a 95% interval of the evidence contains its threshold, so no type "
+                                 "is called): " + "; ".join(f"{link(anchor('entangle', n), n)}: "
+                                                            + esc("; ".join(e["uncertain_because"]))
+                                                            for n, e in groups["uncertain"]) + ".", "entangle"))
         return found
 
     def report_section(self, result, out_dir):
         from gandid.report import anchor, esc, image, pct, table
 
         th = result["thresholds"]
-        rows = [(name, CALLS.get(e["call"], e["call"]), pct(e["remaining_fraction"]),
+        rows = [(name, CALLS.get(e["call"], e["call"]),
+                 pct(e["remaining_fraction"]) + (f" [{pct(e['remaining_ci95'][0])}, {pct(e['remaining_ci95'][1])}]"
+                                                 if e.get("remaining_ci95") else ""),
                  pct(e["ace_distribution"]["top_share"]),
                  f"{e['top_vs_second']['top']}" + (" (overwhelming)" if e["top_vs_second"]["overwhelming"] else ""),
                  self.evidence(name, e, th)) for name, e in result["classes"].items()]
         return (f"<p>A class <b>survives</b> when more than {esc(pct(th['survive_threshold']))} of its area remains "
                 f"after ablating its top units (type 1); a removed class is <b>mis-ablated</b> (type 2) when another "
                 f"class gains at least {esc(pct(th['emerge_threshold']))} of its area, else <b>disentangled</b>. "
-                f"Background classes ({esc(', '.join(th.get('background', [])))}) never count as emerging.</p>"
+                f"Background classes ({esc(', '.join(th.get('background', [])))}) never count as emerging. A call "
+                "whose evidence has a 95% interval (bootstrap over samples) containing its threshold is reported as "
+                "<b>uncertain</b> instead.</p>"
                 + table(["class", "call", "remains", f"top-{th.get('top_share_units', 20)} ACE share",
                          "top summed-ACE class", "evidence"], rows,
                         row_ids=[anchor("entangle", n) for n in result["classes"]])

@@ -214,15 +214,16 @@ def test_ace_curve_points_ladder_and_explicit_ks():
 
 def test_a_result_from_another_version_is_refused_clearly():
     from gandid.errors import GandidError
+    from gandid_plugins import ace, did
     from gandid_plugins.ace import read_ace_result
     from gandid_plugins.did import read_did_result
 
     old_ace = {"layer": "layer4", "classes": {"chair": {"ranking": [3, 1]}}}  # written before results had versions
     with pytest.raises(GandidError, match=r"'ace' result was written by another version of 'ace' \(result version "
-                                          r"None, this gandid reads 2\): run 'ace' again"):
+                                          rf"None, this gandid reads {ace.RESULT_VERSION}\): run 'ace' again"):
         read_ace_result(old_ace)
     with pytest.raises(GandidError, match=r"'did' result lacks \['sites', 'top_k', 'arm_titles', 'classes'\]"):
-        read_did_result({"version": 2, "layer": "layer4"})
+        read_did_result({"version": did.RESULT_VERSION, "layer": "layer4"})
 
 
 def test_consumers_read_the_typed_results(ace_result):
@@ -383,3 +384,33 @@ def test_ace_uncertainty_against_numpy_and_clear_cut_rankings():
                                                                                rtol=1e-3)  # t(0.975, 39)
     assert out["topk_stability"]["0"] == 1.0 and out["rank_distinguishable"][0]
     assert 0.2 < out["rank_beats_next"][1] < 0.8 and not out["rank_distinguishable"][1]  # 1 vs 2: a coin toss
+
+
+def test_ablation_effect_and_an_uncertain_entanglement_call():
+    from gandid_plugins.did import ablation_effect
+    from gandid_plugins.entangle import Entangle
+
+    g = torch.Generator().manual_seed(2)
+    before = torch.rand(200, 3, generator=g, dtype=torch.float64) * torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    after = before * torch.tensor([1.0, 0.5, 1.0], dtype=torch.float64) + torch.tensor([0.02, 0, 0], dtype=torch.float64)
+    effect = ablation_effect(torch.cat([before, after], 1), 1, ["a", "b", "c"], seed=0)
+    assert effect["remaining"]["mean"] == pytest.approx(float(after[:, 1].mean() / before[:, 1].mean()), rel=1e-12)
+    lo, hi = effect["remaining"]["ci95"]
+    assert lo <= effect["remaining"]["mean"] <= hi and hi - lo < 1e-9  # after_b is exactly half of before_b
+    gain = effect["gain"]["a"]
+    assert gain["mean"] == pytest.approx(0.02 / float(before[:, 1].mean()), rel=1e-9)
+    assert gain["ci95"][0] < gain["mean"] < gain["ci95"][1]
+
+    entangle = Entangle()
+    entangle.background = ()
+    ace = {"classes": {"b": {"unit_ace": [0.1, 0.05]}, "a": {"unit_ace": [0.0, 0.0]}}}
+    base = {"original": {"a": 0.1, "b": 0.2}, "intervened": {"a": 0.1, "b": 0.1}}
+    sure = {"units": [0, 1], "arm_mean_area": base,
+            "ablation": {"remaining": {"mean": 0.5, "ci95": [0.30, 0.45]}, "gain": {"a": {"mean": 0.0, "ci95": [-0.1, 0.1]}}}}
+    assert entangle.classify("b", ace, sure)["call"] == "disentangled"
+    wide = dict(sure, ablation={"remaining": {"mean": 0.5, "ci95": [0.35, 0.62]}, "gain": sure["ablation"]["gain"]})
+    call = entangle.classify("b", ace, wide)
+    assert call["call"] == "uncertain" and "contains 50%" in call["uncertain_because"][0]
+    emerging = dict(sure, ablation={"remaining": sure["ablation"]["remaining"],
+                                    "gain": {"a": {"mean": 0.25, "ci95": [0.1, 0.4]}}})
+    assert entangle.classify("b", ace, emerging)["call"] == "uncertain"
