@@ -4,13 +4,17 @@ Per unit u a threshold t_u is fitted on a separate sample set (its own seed), th
 samples IoU_{u,c} = |(r_u^ > t_u) & s_c| / |(r_u^ > t_u) | s_c|, with r_u^ the activation upsampled
 bilinearly to the segmentation's size. Two ways to fit t_u:
 
-- ``quantile`` (default 0.99): the unit's top quantile, from a histogram (the lower edge of the
-  quantile's bin; a unit counts as active at t itself here, so values tied at the quantile, which
-  activations often have, are active); the label is the class of highest IoU.
+- ``quantile`` (default 0.99): the unit's exact q-quantile over the fit set (the order statistic
+  ``torch.quantile(..., interpolation="lower")`` gives: a histogram finds the bin that holds that rank,
+  a second pass selects it among that bin's values); a unit counts as active at t itself here, so
+  values tied at the quantile, which activations often have, are active; the label is the class of
+  highest IoU.
 - ``iqr``: GAN Dissection's information-quality-ratio selection, as its authors' code does it
   (CSAILVision/gandissect ``netdissect/dissection.py``: ``collect_iqr``, ``mutual_information``,
   ``joint_entropy``, and the label choice in ``dissect``/``generate_report``). Candidate thresholds are
-  the unit's unconditional quantiles at 100 log-spaced top fractions from 1e-3 to 1. For each unit,
+  the unit's unconditional quantiles at 100 log-spaced top fractions from 1e-3 to 1 (from a 2048-bin
+  histogram of the fit set, linear inside the bin: each within one bin width, 1/1024 of the first
+  batch's range, of the exact quantile, when no value falls outside twice that range). For each unit,
   label and candidate the 2x2 table of pixel fractions (unit above / not above x label / not label) is
   counted exactly on the fit set; IQR = I / H of that table (natural log). Excluded (IQR 0): the last
   candidate (fraction 1), labels covering less than 1e-3 of the pixels, candidates whose pixel
@@ -194,8 +198,7 @@ class Dissect:
         and top fraction per unit."""
         if self.mode == "quantile":
             hist = self.fit_histogram(ctx, layer, self.bins)
-            # the lower edge of the quantile's bin: ties at the quantile count as active
-            return {"thresholds": hist.quantile(self.quantile, interpolate=False).float()}
+            return {"thresholds": self.exact_quantile(ctx, layer, hist, self.quantile)}
         hist = self.fit_histogram(ctx, layer, max(self.bins, 2048))
         fractions = IQR_FRACTIONS.to(hist.lo.device)
         levels = torch.stack([hist.quantile(1 - float(f)) for f in fractions], 1)  # (U, V), descending
@@ -205,6 +208,25 @@ class Dissect:
         label, threshold, fit_iqr, bucket = choose_by_iqr(iqr, levels)
         return {"thresholds": threshold.float(), "fit_label": label, "fit_iqr": fit_iqr,
                 "fit_fraction": fractions[bucket], "levels": levels}
+
+    def exact_quantile(self, ctx, layer, hist: Histogram, q: float) -> torch.Tensor:
+        """(U,) each unit's exact q-quantile over the fit set's upsampled activations: the order statistic
+        ``torch.quantile(values, q, interpolation="lower")`` picks. The histogram says which bin holds that
+        rank; a second pass keeps only the values falling in that bin and selects the rank among them."""
+        total = int(hist.counts[0].sum())
+        rank = int(q * (total - 1))  # 0-based, as torch.quantile's "lower"
+        below = hist.counts.cumsum(1)
+        target_bin = (below <= rank).sum(1)  # (U,): first bin whose cumulative count exceeds the rank
+        before = torch.where(target_bin > 0, below.gather(1, (target_bin - 1).clamp_min(0)[:, None])[:, 0],
+                             torch.zeros_like(target_bin, dtype=below.dtype))
+        inside = [[] for _ in range(len(target_bin))]
+        for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
+                                 segment=False, description=f"dissect {layer}: exact thresholds"):
+            up = upsampled(batch.features[layer], batch.images.shape[-2:])
+            keep = hist.bin_index(up) == target_bin[:, None]
+            for u in range(len(up)):
+                inside[u].append(up[u][keep[u]])
+        return torch.stack([torch.cat(v).kthvalue(rank - int(b) + 1).values for v, b in zip(inside, before)])
 
     def count_above_levels(self, ctx, layer, levels, categories: Categories) -> dict:
         """Exact counts on the fit set, for every unit and candidate level v (levels (U, V), descending):

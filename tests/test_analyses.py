@@ -72,6 +72,7 @@ def test_dissect_finds_the_planted_units(tmp_path, gt_registry, mode, options):
     layer = result.results["dissect"]["layers"]["feat"]
     units = {u["unit"]: u for u in layer["units"]}
     assert units[0]["label"] == "red" and units[0]["iou"] > 0.6
+    assert units[0]["iou_lift"] > 3 and units[0]["chance_iou"] < units[0]["iou"] / 3  # far above chance
     assert units[2]["label"] == "yellow" and units[2]["iou"] > 0.6
     for u in range(4, 12):
         assert units[u]["label"] == "blue" and units[u]["iou"] > 0.6
@@ -330,7 +331,8 @@ def test_iqr_finds_nothing_in_units_unrelated_to_the_objects(tmp_path):
         if mode == "iqr":
             assert layer["interpretable_total"] <= 1, layer["interpretable"]
         lifts = sorted(u["iou_lift"] for u in layer["units"] if u["iou_lift"] is not None)
-        assert lifts and lifts[len(lifts) // 2] < 1.5  # typically no better than chance (the best of 13 may be)
+        # near chance: the best of the labels is picked per unit, which alone lifts a pure-noise IoU a little
+        assert lifts and lifts[len(lifts) // 2] < 2.0
 
 
 def test_category_conditioned_iou_counts_a_unit_only_in_images_with_the_labels_category(tmp_path):
@@ -414,3 +416,40 @@ def test_ablation_effect_and_an_uncertain_entanglement_call():
     emerging = dict(sure, ablation={"remaining": sure["ablation"]["remaining"],
                                     "gain": {"a": {"mean": 0.25, "ci95": [0.1, 0.4]}}})
     assert entangle.classify("b", ace, emerging)["call"] == "uncertain"
+
+
+class AtomsAndTails(GroundTruthGenerator):
+    """feat: heavy-tailed (cubed normals), with atoms at 0 (a ReLU) and at a cap: hard data for quantiles."""
+
+    def __init__(self):
+        super().__init__()
+        self.feat.forward = self.features
+
+    @staticmethod
+    def features(z):
+        g = torch.Generator().manual_seed(3)
+        basis = torch.randn(z.shape[1], 13 * 8 * 8, generator=g)
+        x = (z @ basis).view(len(z), 13, 8, 8) ** 3
+        return torch.relu(x).clamp(max=40.0)
+
+
+def test_quantile_thresholds_are_the_exact_order_statistic(tmp_path):
+    import gandid_plugins.dissect
+    from gandid_plugins.dissect import FIT_SEED_OFFSET
+
+    from gandid.testing import registry_with
+
+    reg = registry_with(gandid_plugins.dissect, generators={"atoms": AtomsAndTails},
+                        segmenters={"gt": GroundTruthSegmenter})
+    for q in (0.99, 0.5, 0.9):  # 0.5: inside the atom at 0 for most units
+        out = tmp_path / str(q)
+        cfg = gt_config(tmp_path, generator="atoms", out=str(out), samples=8, batch_size=7,
+                        analysis_options={"dissect": {"quantile": q, "fit_samples": 30, "bins": 16}})
+        assert run(cfg, registry=reg).status == "completed"
+        fitted = torch.load(out / "state" / "dissect.pt", weights_only=True)["fits"]["feat"]["thresholds"]
+        gen = AtomsAndTails()
+        z = gen.sample_z(30, cfg.seed + FIT_SEED_OFFSET)
+        feats = torch.cat([gen.feat(z[lo:lo + 7]) for lo in range(0, 30, 7)])  # the run's batches: the same floats
+        up = torch.nn.functional.interpolate(feats, size=(16, 16), mode="bilinear", align_corners=False)
+        exact = torch.quantile(up.transpose(0, 1).reshape(13, -1), q, dim=1, interpolation="lower")
+        assert torch.equal(fitted, exact), (q, fitted - exact)
