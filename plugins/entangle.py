@@ -66,8 +66,10 @@ class Entangle:
         if lo <= self.survive_threshold <= hi:
             out.append(f"the share of {name} that remains, [{lo:.0%}, {hi:.0%}], contains {self.survive_threshold:.0%}")
         elif hi < self.survive_threshold:  # removed: whether something emerged decides between type 2 and none
-            for other in emerged:
-                g_lo, g_hi = ablation["gain"][other]["ci95"]
+            gains = {other: ablation["gain"][other]["ci95"] for other in emerged}
+            if any(g_lo > self.emerge_threshold for g_lo, _ in gains.values()):
+                return []  # one class clearly emerges: type 2 whatever the borderline others do
+            for other, (g_lo, g_hi) in gains.items():
                 if g_lo <= self.emerge_threshold <= g_hi:
                     out.append(f"the gain of {other}, [{g_lo:.0%}, {g_hi:.0%}] of {name}'s area, contains "
                                f"{self.emerge_threshold:.0%}")

@@ -416,6 +416,12 @@ def test_ablation_effect_and_an_uncertain_entanglement_call():
     emerging = dict(sure, ablation={"remaining": sure["ablation"]["remaining"],
                                     "gain": {"a": {"mean": 0.25, "ci95": [0.1, 0.4]}}})
     assert entangle.classify("b", ace, emerging)["call"] == "uncertain"
+    # one class clearly emerging decides type 2, whatever a borderline other does
+    base_clear = {"original": {"a": 0.1, "b": 0.2, "c": 0.1}, "intervened": {"a": 0.2, "b": 0.1, "c": 0.1}}
+    clear = {"units": [0, 1], "arm_mean_area": base_clear,
+             "ablation": {"remaining": sure["ablation"]["remaining"],
+                          "gain": {"a": {"mean": 0.5, "ci95": [0.4, 0.6]}, "c": {"mean": 0.1, "ci95": [0.0, 0.3]}}}}
+    assert entangle.classify("b", ace, clear)["call"] == "type2_misablation"
 
 
 class AtomsAndTails(GroundTruthGenerator):
