@@ -15,14 +15,12 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 
-from .errors import ConfigError, GandidError
+from .errors import GandidError
 from .hooks import Trace
 from .model import iter_chunks
 from .stats import Stat
 
 SAVE_EVERY_SECONDS = 10.0  # a stage's statistics reach the disk at most this often (and at the end)
-
-
 ANALYSIS_OPTIONAL = ("requires", "after", "needs_segmenter", "check", "report_section", "report_findings")
 
 
@@ -40,21 +38,6 @@ class Analysis(Protocol):
 
     def run(self, ctx: "RunContext") -> "dict | AnalysisResult":
         """Compute the result (JSON-able) from ``ctx``; files go through ``ctx.path``."""
-
-
-def protocol_members(protocol: type) -> list[str]:
-    """The required members of one of gandid's protocols: annotated attributes and methods."""
-    names = list(getattr(protocol, "__annotations__", {}))
-    names += [n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")]
-    return list(dict.fromkeys(names))
-
-
-def check_contract(obj, protocol: type, what: str) -> None:
-    """Refuse a plugin's object that lacks members of its protocol, naming every one of them."""
-    missing = [name for name in protocol_members(protocol) if not hasattr(obj, name)]
-    if missing:
-        raise ConfigError(f"{what} does not provide {', '.join(missing)} (required of a {protocol.__name__}: "
-                          f"{', '.join(protocol_members(protocol))}; see the README's 'Writing a plugin')")
 
 
 def read_result(data: dict, analysis: str, version: int, result_type: type) -> dict:

@@ -15,8 +15,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from . import __version__, outdir
-from .analysis import Analysis, AnalysisResult, RunContext, check_contract, load_state_file
+from .analysis import Analysis, AnalysisResult, RunContext, load_state_file
 from .config import RunConfig, check_options, option_names
+from .contracts import check_contract
 from .errors import ConfigError, GandidError, OutputExistsError, UnknownNameError
 from .model import Generator, Segmenter, find_layer
 from .registry import Registry, get_registry

@@ -47,7 +47,8 @@ def test_the_readme_documents_ctx_batches_arguments_as_they_are():
 def test_the_readme_covers_every_hook_and_protocol_member():
     """A plugin written from the README alone must know every member gandid uses (datasette's test_docs idea)."""
     from gandid import hookspecs
-    from gandid.analysis import ANALYSIS_OPTIONAL, Analysis, protocol_members
+    from gandid.analysis import ANALYSIS_OPTIONAL, Analysis
+    from gandid.contracts import protocol_members
     from gandid.model import GENERATOR_OPTIONAL, SEGMENTER_OPTIONAL, Generator, Segmenter
 
     text = writing_a_plugin()
