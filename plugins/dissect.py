@@ -2,13 +2,15 @@
 
 Per unit u a threshold t_u is fitted on a separate sample set (its own seed), then over the run's
 samples IoU_{u,c} = |(r_u^ > t_u) & s_c| / |(r_u^ > t_u) | s_c|, with r_u^ the activation upsampled
-bilinearly to the segmentation's size. Two ways to fit t_u:
+bilinearly to the segmentation's size (strictly above, as in the authors' ``collect_bincounts``; in
+quantile mode values tied at t_u count as well: the same for continuous activations, but a unit whose
+top quantile is an atom, e.g. a saturated one, would otherwise never be active). Two ways to fit t_u:
 
-- ``quantile`` (default 0.99): the unit's exact q-quantile over the fit set (the order statistic
-  ``torch.quantile(..., interpolation="lower")`` gives: a histogram finds the bin that holds that rank,
-  a second pass selects it among that bin's values); a unit counts as active at t itself here, so
-  values tied at the quantile, which activations often have, are active; the label is the class of
-  highest IoU.
+- ``quantile`` (default 0.99; GAN Dissection's code uses 0.995): the unit's exact q-quantile over the
+  fit set's raw feature-map pixels, as the authors' ``collect_quantiles_and_topk`` takes it (there from
+  a quantile sketch; here the order statistic ``torch.quantile(..., interpolation="lower")`` gives:
+  a histogram finds the bin that holds that rank, a second pass selects it among that bin's values);
+  the label is the class of highest IoU.
 - ``iqr``: GAN Dissection's information-quality-ratio selection, as its authors' code does it
   (CSAILVision/gandissect ``netdissect/dissection.py``: ``collect_iqr``, ``mutual_information``,
   ``joint_entropy``, and the label choice in ``dissect``/``generate_report``). Candidate thresholds are
@@ -53,6 +55,11 @@ def upsampled(features: torch.Tensor, size) -> torch.Tensor:
     """(B, U, h, w) -> (U, B*H*W) activations upsampled bilinearly to the segmentation size."""
     up = F.interpolate(features.float(), size=tuple(size), mode="bilinear", align_corners=False)
     return up.transpose(0, 1).reshape(features.shape[1], -1)
+
+
+def raw_pixels(features: torch.Tensor) -> torch.Tensor:
+    """(B, U, h, w) -> (U, B*h*w): the feature map's own pixels, no upsampling."""
+    return features.float().transpose(0, 1).reshape(features.shape[1], -1)
 
 
 def one_hot_pixels(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -179,8 +186,9 @@ class Dissect:
         self.fit_samples, self.bins, self.top_seeds, self.unit_chunk = fit_samples, bins, top_seeds, unit_chunk
 
     # -- thresholds ------------------------------------------------------------------------
-    def fit_histogram(self, ctx, layer: str, bins: int) -> Histogram:
-        """Histogram of each unit's upsampled activations over the fit set."""
+    def fit_histogram(self, ctx, layer: str, bins: int, raw: bool = False) -> Histogram:
+        """Histogram of each unit's activations over the fit set: upsampled to the segmentation's size,
+        or the raw feature map (``raw``)."""
         hist = None
         for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
                                  segment=False, description=f"dissect {layer}: fit thresholds"):
@@ -190,14 +198,15 @@ class Dissect:
                 lo, hi = flat.min(1).values, flat.max(1).values
                 span = (hi - lo).clamp_min(1e-6)
                 hist = Histogram(lo - 0.5 * span, hi + 0.5 * span, bins)
-            hist.update(upsampled(feats, batch.images.shape[-2:]))
+            hist.update(raw_pixels(feats) if raw else upsampled(feats, batch.images.shape[-2:]))
         return hist
 
     def fit_thresholds(self, ctx, layer: str, categories: Categories) -> dict:
         """{"thresholds": (U,)} fitted on the separate sample set; in iqr mode also the fit's label, IQR
         and top fraction per unit."""
         if self.mode == "quantile":
-            hist = self.fit_histogram(ctx, layer, self.bins)
+            # over the raw feature map, as GAN Dissection's collect_quantiles_and_topk (64x fewer values at 8x)
+            hist = self.fit_histogram(ctx, layer, self.bins, raw=True)
             return {"thresholds": self.exact_quantile(ctx, layer, hist, self.quantile)}
         hist = self.fit_histogram(ctx, layer, max(self.bins, 2048))
         fractions = IQR_FRACTIONS.to(hist.lo.device)
@@ -210,7 +219,7 @@ class Dissect:
                 "fit_fraction": fractions[bucket], "levels": levels}
 
     def exact_quantile(self, ctx, layer, hist: Histogram, q: float) -> torch.Tensor:
-        """(U,) each unit's exact q-quantile over the fit set's upsampled activations: the order statistic
+        """(U,) each unit's exact q-quantile over the fit set's raw feature-map pixels: the order statistic
         ``torch.quantile(values, q, interpolation="lower")`` picks. The histogram says which bin holds that
         rank; a second pass keeps only the values falling in that bin and selects the rank among them."""
         total = int(hist.counts[0].sum())
@@ -222,7 +231,7 @@ class Dissect:
         inside = [[] for _ in range(len(target_bin))]
         for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
                                  segment=False, description=f"dissect {layer}: exact thresholds"):
-            up = upsampled(batch.features[layer], batch.images.shape[-2:])
+            up = raw_pixels(batch.features[layer])
             keep = hist.bin_index(up) == target_bin[:, None]
             for u in range(len(up)):
                 inside[u].append(up[u][keep[u]])
@@ -305,7 +314,8 @@ class Dissect:
             for lo in range(0, units, self.unit_chunk):
                 up = upsampled(feats[:, lo:lo + self.unit_chunk], batch.images.shape[-2:])  # (u, P)
                 tc = t[lo:lo + self.unit_chunk, None]
-                # quantile mode counts ties at the threshold (a bin edge) as active; iqr mode is strict, as gandissect
+                # iqr: strictly above, as gandissect; quantile: ties at the threshold count too (the same for
+                # continuous activations, but a unit whose top quantile is an atom would otherwise never fire)
                 mask = (up >= tc if self.mode == "quantile" else up > tc).float()
                 inter.update(mask @ onehot, slice(lo, lo + len(up)))
                 active.update(mask.view(len(up), b, pixels).sum(2) @ in_cat, slice(lo, lo + len(up)))
