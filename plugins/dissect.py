@@ -258,6 +258,7 @@ class Dissect:
             label_pixels += torch.bincount(lab, minlength=n_labels).double()
             category_pixels += in_cat.sum(0) * pixels
             all_pixels += b * pixels
+            image = torch.arange(b, device=dev).repeat_interleave(pixels)  # (P,): which image each pixel is in
             for lo in range(0, units, self.unit_chunk):
                 up = upsampled(feats[:, lo:lo + self.unit_chunk], labels.shape[-2:]).double()  # (u, P)
                 # below[u, p]: how many levels lie strictly below the activation, i.e. it is above
@@ -265,7 +266,6 @@ class Dissect:
                 below = torch.searchsorted(ascending[lo:lo + len(up)], up.contiguous(), side="left")
                 ones = torch.ones_like(below, dtype=torch.float64)
                 by_label[lo:lo + len(up)].scatter_add_(1, lab[None, :] * (n_levels + 1) + below, ones)
-                image = torch.arange(b, device=dev).repeat_interleave(pixels)
                 per_image = torch.zeros(len(up), b * (n_levels + 1), dtype=torch.float64, device=dev)
                 per_image.scatter_add_(1, image[None, :] * (n_levels + 1) + below, ones)
                 by_cat[lo:lo + len(up)] += torch.einsum("ubv,bk->ukv", per_image.view(len(up), b, n_levels + 1),
