@@ -6,6 +6,13 @@ the ranking, the ACE of the top-k set, the ablation curve (fraction of the class
 top-k units are ablated everywhere, Figure 6), insertion by context (top units inserted at one
 feature-map pixel, gain by the class found there, Figure 8), and GAN Dissection's continuous alpha
 optimisation through the segmenter's class scores and the fused op's backward.
+
+Screening (option ``screen``, on by default): one forward and one backward per latent batch give the
+gradient of every class score with respect to every unit at every pixel, hence a first-order estimate
+of every unit's ACE at once, k_u * sum_p ds_c/dr_{u,p} (inserting at k_u minus ablating to 0). Units
+are ranked by it and only the top candidates get the exact counterfactuals; when the exact top k
+reaches the last eighth of the screened set, more candidates are measured until it does not. The
+reported top-k ranking is exact within the measured units; ``screen = false`` measures every unit.
 """
 from __future__ import annotations
 
@@ -26,15 +33,19 @@ from gandid.stats import Histogram, Sum
 
 
 NOT_OBJECTS = ("unlabelled", "unlabeled", "background")  # never chosen as ACE classes by default
-RESULT_VERSION = 2  # 2: standard errors, intervals and top-k stability
+RESULT_VERSION = 3  # 2: standard errors, intervals and top-k stability; 3: screening, decisive units
 
 
 class AceClassResult(TypedDict):
-    """One class's ACE. Effects are changes in the fraction of image pixels of the class."""
+    """One class's ACE. Effects are changes in the fraction of image pixels of the class. Per-unit lists
+    hold None for units the screen did not send to the exact counterfactuals (see :func:`best_unit_ace`)."""
 
-    unit_ace: list[float]  # (U,) per-unit ACE: E[s_c(inserted)] - E[s_c(ablated)]
-    unit_ace_se: list[float]  # (U,) its standard error over latents (paired)
-    unit_ace_ci95: list[list[float]]  # (U, 2) t interval
+    unit_ace: list[float | None]  # (U,) per-unit ACE: E[s_c(inserted)] - E[s_c(ablated)], exact
+    unit_ace_se: list[float | None]  # (U,) its standard error over latents (paired)
+    unit_ace_ci95: list[list[float] | None]  # (U, 2) t interval
+    unit_ace_estimate: list[float] | None  # (U,) the screen's first-order estimate (class-score units), or None
+    screen: dict  # {"enabled", "measured", "units", "initial", "widened_to", "edge_rank", "edge", "spearman", "fit"}
+    decisive_units: list[dict]  # [{"unit", "removed_fraction"}]: one ablation removes >= DECISIVE of the class
     topk_stability: dict[str, float]  # top-k unit -> share of latent resamples keeping it in the top k
     rank_beats_next: list[float]  # rank r of the top k: share of resamples where it beats rank r + 1
     rank_distinguishable: list[bool]  # rank_beats_next >= 0.95
@@ -61,6 +72,14 @@ class AceResult(TypedDict):
 def read_ace_result(data: dict) -> AceResult:
     """``ace``'s result checked for the version and keys this module writes."""
     return read_result(data, "ace", RESULT_VERSION, AceResult)
+
+
+def best_unit_ace(entry: AceClassResult) -> list[float]:
+    """(U,) each unit's ACE: the exact value where it was measured, else the screen's estimate mapped onto
+    the exact scale by the straight line fitted over the measured units (``screen["fit"]``)."""
+    fit = entry.get("screen", {}).get("fit") or {"intercept": 0.0, "slope": 0.0}
+    estimate = entry.get("unit_ace_estimate") or [0.0] * len(entry["unit_ace"])
+    return [a if a is not None else fit["intercept"] + fit["slope"] * e for a, e in zip(entry["unit_ace"], estimate)]
 
 
 def check_class_names(analysis: str, names, segmenter) -> None:
@@ -100,6 +119,32 @@ def ace_uncertainty(effects: torch.Tensor, top: list[int], seed: int, resamples:
             "rank_beats_next": beats, "rank_distinguishable": [b >= 0.95 for b in beats]}
 
 
+def screen_estimates(gen, seg, z: torch.Tensor, layer: str, values: torch.Tensor, classes: list[int],
+                     batch: int) -> torch.Tensor:
+    """First-order ACE of every unit on each class, (len(classes), U) float64: k_u(c) times the gradient of
+    the segmenter's class score s_c summed over the unit's pixels, averaged over the latents z. One forward
+    and one backward per class and latent batch (the forward is shared by the classes)."""
+    with torch.no_grad():
+        feats = features_at(gen, z, layer)
+    grad_sum = torch.zeros(len(classes), feats.shape[1], dtype=torch.float64, device=feats.device)
+    for lo in range(0, len(z), batch):
+        f = feats[lo:lo + batch].detach().requires_grad_(True)
+        images = gen.forward_from(layer, f, z[lo:lo + batch])
+        for i, c in enumerate(classes):
+            score = seg.class_scores(images, c).sum()
+            (grad,) = torch.autograd.grad(score, f, retain_graph=i < len(classes) - 1)
+            grad_sum[i] += grad.double().sum((0, 2, 3))
+    return grad_sum / len(z) * values[:, classes].T.double().to(grad_sum.device)
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two (n,) tensors (ties broken by position; nan for n < 3)."""
+    if len(a) < 3:
+        return float("nan")
+    ra, rb = (t.argsort().argsort().double() for t in (a, b))
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
 def block_fractions(seg, images: torch.Tensor, classes: int) -> torch.Tensor:
     """(B, N, 3, H, W) blocks of images -> (B, N, C) class fractions, segmented in one call (the
     segmenter runs much faster on one large batch than on many small ones)."""
@@ -111,9 +156,13 @@ class ACE:
     """Options: classes (names; default every class covering at least min_area of the images, less
     the segmenter's ``background`` classes), samples (latents per estimate), top_k, curve_ks (the k
     of the top-k curves; default 1, 2, 3, 5, 8, 13, ... top_k), value ('mean' or 'quantile'),
-    value_quantile, context_locations, alpha_steps, alpha_lr, alpha_lambda, alpha_samples, stat_samples.
+    value_quantile, context_locations, alpha_steps, alpha_lr, alpha_lambda, alpha_samples, stat_samples,
+    screen (rank every unit by a first-order estimate and measure only the top candidates exactly),
+    screen_candidates (the first candidate count M; default max(32, 1.5 top_k)).
 
-    Cost: (1 + classes) x units x samples images from the layer on, each segmented, plus per class
+    Cost: with ``screen = false``, (1 + classes) x units x samples images from the layer on, each
+    segmented; screened, one forward and ``classes`` backward passes of the samples, then the same for
+    M (or more, when widened) units per class and the union of the candidates for the ablations; plus per class
     2 x len(curve_ks) x samples, context_locations x samples, and alpha_steps forward and backward
     passes of 2 x alpha_samples images.
     """
@@ -123,11 +172,13 @@ class ACE:
     def __init__(self, classes: list[str] | None = None, samples: int = 16, top_k: int = 20, min_area: float = 0.01,
                  curve_ks: list[int] | None = None, value: str = "mean", value_quantile: float = 0.99,
                  context_locations: int = 16, alpha_steps: int = 30, alpha_lr: float = 0.01,
-                 alpha_lambda: float = 0.005, alpha_samples: int = 8, stat_samples: int | None = None):
+                 alpha_lambda: float = 0.005, alpha_samples: int = 8, stat_samples: int | None = None,
+                 screen: bool = True, screen_candidates: int | None = None):
         if value not in ("mean", "quantile"):
             raise ValueError(f"ace: value must be 'mean' or 'quantile', got {value!r}")
         at_least_one = dict(samples=samples, top_k=top_k, alpha_samples=alpha_samples,
-                            **({} if stat_samples is None else {"stat_samples": stat_samples}))
+                            **({} if stat_samples is None else {"stat_samples": stat_samples}),
+                            **({} if screen_candidates is None else {"screen_candidates": screen_candidates}))
         for name, n in {**at_least_one, "context_locations": context_locations + 1,
                         "alpha_steps": alpha_steps + 1}.items():
             if n < 1:
@@ -140,6 +191,7 @@ class ACE:
         self.value, self.value_quantile = value, value_quantile
         self.context_locations, self.alpha_steps, self.alpha_lr = context_locations, alpha_steps, alpha_lr
         self.alpha_lambda, self.alpha_samples, self.stat_samples = alpha_lambda, alpha_samples, stat_samples
+        self.screen, self.screen_candidates = screen, screen_candidates
 
     def check(self, generator, segmenter, layers):
         """Before any work: the class names exist in the segmenter's vocabulary."""
@@ -186,10 +238,14 @@ class ACE:
         return stats["area"].total / max(int(stats["samples"].total), 1), values.float(), count
 
     # -- the run ---------------------------------------------------------------------------------
+    DECISIVE = 0.5  # a unit is decisive for a class when ablating it alone removes at least this share of it
+    EDGE = 8  # widen the screen when the exact top k reaches the last 1/EDGE of the screened units
+
     def run(self, ctx):
         gen, seg = ctx.generator, ctx.segmenter
         labels = list(seg.labels)
         layer = ctx.layers[0]
+        units = find_layer(gen, layer).channels
         state = ctx.state
         if "area" not in state:
             area, values, count = self.class_statistics(ctx, layer, len(labels))
@@ -206,25 +262,44 @@ class ACE:
         z = gen.sample_z(self.samples, ctx.config.seed).to(ctx.device)
         with torch.no_grad():
             base = class_fractions(seg.segment(gen.forward(z)), len(labels))  # (N, C)
-        if "ablated" not in state:
-            state["ablated"], state["ablated_latents"] = self.per_unit_fractions(ctx, z, layer, None, len(labels),
-                                                                                 "ablate")
-            ctx.save_state()
-        result = {"version": RESULT_VERSION, "layer": layer, "samples": self.samples, "class_area": {labels[c]: float(area[c])
-                                                                         for c in range(len(labels))},
-                  "classes": {}}
-        for c in chosen:
-            key = f"inserted_{c}"
-            if key not in state:
-                mean, latents = self.per_unit_fractions(ctx, z, layer, values[:, c], len(labels), f"insert {labels[c]}")
-                state[key], state[f"{key}_latents"] = mean, latents[:, :, c]  # only class c of an insertion is read
+        order = {c: list(range(units)) for c in chosen}
+        if self.screen and chosen:
+            if "estimates" not in state:
+                state["estimates"] = screen_estimates(gen, seg, z, layer, values, chosen, ctx.config.batch_size)
                 ctx.save_state()
-            ace = (state[key][:, c] - state["ablated"][:, c]).float()
-            ranking = torch.argsort(ace, descending=True).tolist()
-            entry = {"unit_ace": ace.tolist(), "ranking": ranking, "insert_value": values[:, c].tolist()}
+            order = {c: torch.sort(state["estimates"][i].cpu(), descending=True, stable=True).indices.tolist()
+                     for i, c in enumerate(chosen)}
+        first = units if not self.screen else min(units, self.screen_candidates or max(32, (3 * self.top_k + 1) // 2))
+        # the ablations are shared by the classes: measure the union of the first candidates in one pass
+        self.measure(ctx, z, layer, sorted({u for c in chosen for u in order[c][:first]}), None, labels)
+        result = {"version": RESULT_VERSION, "layer": layer, "samples": self.samples, "units": units,
+                  "class_area": {labels[c]: float(area[c]) for c in range(len(labels))}, "classes": {}}
+        for i, c in enumerate(chosen):
+            measured, screen = self.screened(ctx, z, layer, values, c, order[c], first, labels)
+            ace = state[f"inserted_{c}_mean"] - state["ablated_mean"][:, c]  # (U,) float64, exact where measured
+            exact = sorted(measured, key=lambda u: -float(ace[u]))
+            ranking = exact + [u for u in order[c] if u not in set(measured)]
+            entry = {"unit_ace": [float(ace[u]) if u in set(measured) else None for u in range(units)],
+                     "ranking": ranking, "insert_value": values[:, c].tolist()}
+            if self.screen:
+                estimate = state["estimates"][i]
+                screen.update(self.calibration(estimate[measured], ace[measured]))
+                entry["unit_ace_estimate"] = estimate.tolist()
+            else:
+                entry["unit_ace_estimate"] = None
+            entry["screen"] = screen
             # per latent, paired: the same z inserted and ablated
-            effects = state[f"{key}_latents"].double() - state["ablated_latents"][:, :, c].double()  # (U, N)
-            entry.update(ace_uncertainty(effects, ranking[: self.top_k], seed=ctx.config.seed + c))
+            effects = (state[f"inserted_{c}_latents"][measured].double()
+                       - state["ablated_latents"][measured][:, :, c].double())  # (M, N)
+            row = {u: i for i, u in enumerate(measured)}
+            spread = ace_uncertainty(effects, [row[u] for u in exact[: self.top_k]], seed=ctx.config.seed + c)
+            entry["unit_ace_se"] = [spread["unit_ace_se"][row[u]] if u in row else None for u in range(units)]
+            entry["unit_ace_ci95"] = [spread["unit_ace_ci95"][row[u]] if u in row else None for u in range(units)]
+            entry["topk_stability"] = {str(measured[int(r)]): v for r, v in spread["topk_stability"].items()}
+            entry["rank_beats_next"], entry["rank_distinguishable"] = (spread["rank_beats_next"],
+                                                                       spread["rank_distinguishable"])
+            entry["decisive_units"] = self.decisive(state, sorted(set(state["ablated_done"].nonzero().flatten().tolist())),
+                                                    c, float(base[:, c].mean()))
             entry.update(self.top_k_curves(gen, seg, z, layer, ranking, values[:, c], c, base, len(labels)))
             entry["context_gain"] = self.context_gain(gen, seg, z, layer, ranking[: self.top_k], values[:, c], c,
                                                       labels)
@@ -233,20 +308,72 @@ class ACE:
         self.plot(ctx, result)
         return result
 
-    def per_unit_fractions(self, ctx, z, layer, value, classes, what):
-        """Class fractions with each single unit ablated (value None) or inserted at value: the mean over
-        latents (U, C) and each latent's (U, N, C)."""
-        units = find_layer(ctx.generator, layer).channels
-        out = torch.zeros(units, classes, dtype=torch.float64, device=z.device)
-        per_latent = torch.zeros(units, len(z), classes, device=z.device)
-        chunks = per_unit(ctx.generator, z, layer, value=value)
-        for chunk, images in ctx.track(chunks, total=units, description=f"ace {layer}: {what} per unit",
-                                           size=lambda item: len(item[0])):
-            fractions = block_fractions(ctx.segmenter, images, classes)  # (u, N, C)
-            for i, u in enumerate(chunk):
-                out[u] = fractions[i].mean(0).double()
-                per_latent[u] = fractions[i]
-        return out, per_latent
+    def screened(self, ctx, z, layer, values, c, order, first, labels):
+        """Measure class c's candidates exactly, widening while the exact top k reaches the screened set's
+        last 1/EDGE. Returns (the measured units, screen info)."""
+        units = len(order)
+        size, widened = first, []
+        while True:
+            candidates = order[:size]
+            self.measure(ctx, z, layer, candidates, c, labels, values[:, c])
+            ace = ctx.state[f"inserted_{c}_mean"] - ctx.state["ablated_mean"][:, c]
+            top = sorted(candidates, key=lambda u: -float(ace[u]))[: self.top_k]
+            position = {u: i for i, u in enumerate(order)}
+            edge_rank = max(position[u] for u in top) if top else 0
+            edge = max(1, size // self.EDGE)
+            if size >= units or edge_rank < size - edge:
+                break
+            size = min(units, size + max(1, first // 2))
+            widened.append(size)
+        return sorted(candidates), {"enabled": self.screen, "measured": len(candidates), "units": units,
+                                    "initial": first, "widened_to": widened, "edge_rank": edge_rank,
+                                    "edge": size - edge, "exhaustive": len(candidates) == units}
+
+    @staticmethod
+    def calibration(estimate: torch.Tensor, exact: torch.Tensor) -> dict:
+        """How well the estimate ranks the measured units (Spearman) and the least-squares line that maps
+        it onto the exact ACE scale (the estimate is in class-score units, the exact ACE in pixel shares)."""
+        x, y = estimate.double(), exact.double()
+        if len(x) < 2 or float(x.var()) == 0:
+            return {"spearman": float("nan"), "fit": {"intercept": float(y.mean()) if len(y) else 0.0, "slope": 0.0}}
+        slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+        return {"spearman": rank_correlation(x, y), "fit": {"intercept": float(y.mean() - slope * x.mean()),
+                                                            "slope": slope}}
+
+    def decisive(self, state, ablated, c, base_area):
+        """Units whose single ablation removes at least DECISIVE of class c (share of its mean area), among
+        the units whose ablation was measured; largest first."""
+        if base_area <= 0:
+            return []
+        removed = {u: 1 - float(state["ablated_mean"][u, c]) / base_area for u in ablated}
+        return [{"unit": u, "removed_fraction": r} for u, r in sorted(removed.items(), key=lambda kv: -kv[1])
+                if r >= self.DECISIVE]
+
+    def measure(self, ctx, z, layer, units, c, labels, value=None):
+        """Class fractions with each of ``units`` ablated (c None) or inserted at value for class c, for the
+        units not measured yet; kept in the run's state (means in float64 and each latent's values)."""
+        state, n, classes = ctx.state, len(z), len(labels)
+        total = find_layer(ctx.generator, layer).channels
+        prefix = "ablated" if c is None else f"inserted_{c}"
+        if f"{prefix}_done" not in state:
+            state[f"{prefix}_done"] = torch.zeros(total, dtype=torch.bool)
+            state[f"{prefix}_mean"] = torch.zeros(total, *(() if c is not None else (classes,)), dtype=torch.float64)
+            state[f"{prefix}_latents"] = torch.zeros(total, n, *(() if c is not None else (classes,)))
+        todo = [u for u in units if not bool(state[f"{prefix}_done"][u])]
+        if not todo:
+            return
+        what = "ablate" if c is None else f"insert {labels[c]}"
+        chunks = per_unit(ctx.generator, z, layer, todo, value=value)
+        for chunk, images in ctx.track(chunks, total=len(todo), description=f"ace {layer}: {what} per unit",
+                                       size=lambda item: len(item[0])):
+            fractions = block_fractions(ctx.segmenter, images, classes).cpu()  # (u, N, C)
+            if c is not None:  # only class c of an insertion is read
+                fractions = fractions[:, :, c]
+            idx = torch.as_tensor(chunk)
+            state[f"{prefix}_mean"][idx] = fractions.double().mean(1)
+            state[f"{prefix}_latents"][idx] = fractions.float()
+            state[f"{prefix}_done"][idx] = True
+        ctx.save_state()
 
     def curve_points(self, available: int) -> list[int]:
         """The k at which the top-k curves are measured: ``curve_ks``, or a Fibonacci-like ladder up to top_k."""
@@ -282,6 +409,8 @@ class ACE:
         h, w = info.size
         g = torch.Generator().manual_seed(0)
         locations = torch.randperm(h * w, generator=g)[: self.context_locations].tolist()
+        if not locations:
+            return {}
         n = len(z)
         with torch.no_grad():
             orig = seg.segment(gen.forward(z))
@@ -344,10 +473,14 @@ class ACE:
 
         for name, entry in result["classes"].items():
             fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-            ace = [100 * a for a in sorted(entry["unit_ace"], reverse=True)]
-            ax1.bar(range(len(ace)), ace, width=1.0, color="#4c72b0")
+            best = best_unit_ace(entry)  # exact where measured, else the screen's calibrated estimate
+            ranked = sorted(range(len(best)), key=lambda u: -best[u])
+            exact = [entry["unit_ace"][u] is not None for u in ranked]
+            colours = ["#4c72b0" if e else "#c7c7c7" for e in exact]
+            ax1.bar(range(len(ranked)), [100 * best[u] for u in ranked], width=1.0, color=colours)
             ax1.axhline(0, color="black", lw=0.5)
-            ax1.set(title=f"ACE of each unit on {name} (sorted)", xlabel="unit rank",
+            screened = "" if all(exact) else f" (blue: {sum(exact)} measured; grey: estimated)"
+            ax1.set(title=f"ACE of each unit on {name}{screened}", xlabel="unit rank",
                     ylabel="ACE (pp of image pixels)")
             removed = [100 * r for r in entry["topk_removed_fraction"]]
             ax2.plot(entry["curve_k"], removed, "o-", color="#c44e52")
@@ -393,6 +526,12 @@ class ACE:
             found.append(Finding(f"Strongest single unit: unit {best[1]} on {esc(best[0])}, ACE "
                                  f"<b>{esc(pp(best[2]))}</b>{ci} of image pixels (inserted minus ablated, 95% interval "
                                  "over latents).", anchor("ace", best[0])))
+        decisive = [f"{link(anchor('ace', n), n)}: unit{'s' if len(d) > 1 else ''} "
+                    + ", ".join(f"{x['unit']} ({esc(pct(x['removed_fraction']))})" for x in d)
+                    for n, e in classes.items() for d in [e.get("decisive_units") or []] if d]
+        if decisive:
+            found.append(f"<b>Decisive units</b>, whose ablation alone removes at least {esc(pct(self.DECISIVE))} of a "
+                         "class (share removed): " + "; ".join(decisive) + ".")
         unstable = [f"{esc(n)} (rank {beats.index(False) + 1})" for n, e in classes.items()
                     for beats in [e.get("rank_distinguishable", [])] if False in beats]
         if unstable:
@@ -401,13 +540,14 @@ class ACE:
         return found
 
     def report_section(self, result, out_dir):
-        from gandid.report import anchor, esc, image, interval, pct, pp, table
+        from gandid.report import anchor, esc, fmt, image, interval, pct, pp, table
 
         parts = [f"<p>Layer <code>{esc(result['layer'])}</code>, {esc(result['samples'])} latents per estimate. "
                  "ACE is the change in the fraction of image pixels of the class between inserting and ablating "
                  "a unit, in percentage points (pp).</p>"]
         for name, e in result["classes"].items():
             top = e["ranking"][:5]
+            decisive = {d["unit"]: d["removed_fraction"] for d in e.get("decisive_units") or []}
             removed, k = e["topk_removed_fraction"][-1], e["curve_k"][-1]
             base = e.get("base_area", result["class_area"].get(name))
             parts.append(f"<h3 id='{esc(anchor('ace', name))}'>{esc(name)}</h3>")
@@ -415,16 +555,28 @@ class ACE:
             parts.append(f"<p>Ablating the top {k} units removes <b>{esc(pct(removed))}</b> of {esc(name)}{area}; "
                          f"the alpha optimisation turned on {len(e['alpha_opt']['units_above_half'])} units "
                          f"(final soft ACE {esc(pp(e['alpha_opt']['final_delta']))}).</p>")
+            screen = e.get("screen") or {}
+            if screen.get("enabled"):
+                widened = (f", widened from {screen['initial']} because the exact top {len(e.get('topk_stability', {}))} "
+                           "reached the screened set's edge" if screen.get("widened_to") else "")
+                parts.append(f"<p class='muted'>Screened: {screen['measured']} of {screen['units']} units measured "
+                             f"exactly{widened}, the rest ranked by the first-order estimate (rank correlation of "
+                             f"estimate and exact ACE over the measured units: {fmt(screen.get('spearman'), 2)}).</p>")
+            if decisive:
+                parts.append(f"<p><b>Decisive units</b> (one ablation removes at least {esc(pct(self.DECISIVE))} of "
+                             f"{esc(name)}): " + ", ".join(f"unit {u} ({esc(pct(r))})" for u, r in decisive.items())
+                             + ".</p>")
             stability, beats = e.get("topk_stability", {}), e.get("rank_distinguishable", [])
             k_top = len(stability)
             rows = [(i + 1, u, pp(e["unit_ace"][u]), interval(*e["unit_ace_ci95"][u]) if "unit_ace_ci95" in e else "n/a",
                      pct(stability[str(u)]) if str(u) in stability else "n/a",
-                     ("yes" if beats[i] else "no") if i < len(beats) else "")
+                     ("yes" if beats[i] else "no") if i < len(beats) else "",
+                     f"decisive ({pct(decisive[u])})" if u in decisive else "")
                     for i, u in enumerate(top)]
             tables = [f"<div><p class='muted'>The top {len(top)} units: 95% interval over latents; how often the unit "
                       f"stays in the top {k_top} when the latents are resampled; whether its rank beats the next "
                       "one in 95% of resamples</p>"
-                      + table(["rank", "unit", "ACE", "95% interval", f"in top {k_top}", "beats next"], rows)
+                      + table(["rank", "unit", "ACE", "95% interval", f"in top {k_top}", "beats next", "ablated alone"], rows)
                       + "</div>"]
             ctx_rows = sorted(e["context_gain"].items(), key=lambda kv: -kv[1]["mean_gain"])
             if ctx_rows:

@@ -10,6 +10,8 @@ For each class c, from the ACE and DID results:
 Calls: ``type1_deactivating`` when c survives the ablation (its effect is spread over many units),
 ``type2_misablation`` when c is removed but other classes emerge in its place, ``disentangled``
 when c is removed and nothing emerges. Thresholds are options; the evidence goes with every call.
+Where ace screened its units, per-unit ACE is the exact value where measured and ace's calibrated
+estimate elsewhere (:func:`gandid_plugins.ace.best_unit_ace`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 
 from gandid import hookimpl
 
-from .ace import read_ace_result
+from .ace import best_unit_ace, read_ace_result
 from .did import read_did_result
 
 BACKGROUND = ("unlabelled", "unlabeled", "background")
@@ -88,7 +90,8 @@ class Entangle:
 
     def classify(self, name, ace, d):
         units = d["units"]
-        summed = {other: sum(e["unit_ace"][u] for u in units) for other, e in ace["classes"].items()}
+        summed = {other: sum(best[u] for u in units) for other, e in ace["classes"].items()
+                  for best in [best_unit_ace(e)]}
         ranked = sorted(summed.items(), key=lambda kv: -kv[1])
         top, second = ranked[0], ranked[1] if len(ranked) > 1 else (None, 0.0)
         ratio = top[1] / second[1] if second[1] > 0 else math.inf
@@ -98,7 +101,7 @@ class Entangle:
         emerged = {other: (after[other] - before[other]) / base for other in before
                    if other != name and other not in self.background and base > 0}
         emerging = sorted(((k, v) for k, v in emerged.items() if v >= self.emerge_threshold), key=lambda kv: -kv[1])
-        dist = self.distribution(ace["classes"][name]["unit_ace"])
+        dist = self.distribution(best_unit_ace(ace["classes"][name]))
         uncertain = self.straddles(name, d.get("ablation"), emerged)
         if uncertain:
             call = "uncertain"
@@ -134,7 +137,7 @@ class Entangle:
             return
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
         for i, name in enumerate(names):  # Figure 5: how concentrated each class's ACE is
-            pos = sorted((a for a in ace["classes"][name]["unit_ace"] if a > 0), reverse=True)
+            pos = sorted((a for a in best_unit_ace(ace["classes"][name]) if a > 0), reverse=True)
             total = sum(pos) or 1.0
             ax1.plot(range(1, len(pos) + 1), [100 * sum(pos[:k]) / total for k in range(1, len(pos) + 1)], "o-",
                      ms=3, color=f"C{i % 10}", label=f"{name} ({CALLS.get(result['classes'][name]['call'])})")

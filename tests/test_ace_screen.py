@@ -1,0 +1,103 @@
+"""ACE screening: the first-order estimate against finite differences, the planted units found with a
+small candidate set, widening when the exact top k reaches the screen's edge, and decisive units."""
+import pytest
+import torch
+
+import gandid_plugins.ace as ace_module
+from gandid.hooks import features_at
+from gandid.testing import BrightnessSegmenter, TinyGenerator, run_analysis
+from gandid_plugins.ace import ACE, best_unit_ace, rank_correlation, screen_estimates
+from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
+
+QUICK = dict(samples=12, alpha_steps=0, context_locations=0, alpha_samples=2)
+
+
+def test_screen_estimate_is_k_times_the_derivative_along_the_unit(tmp_path):
+    """Against central finite differences in float64: d/dt s_c(r + t e_u), e_u = unit u at every pixel,
+    times k_u, averaged over latents (a different code path: no autograd, one unit at a time)."""
+    gen, seg = TinyGenerator(seed=3).double(), BrightnessSegmenter()
+    z = gen.sample_z(5, seed=1).double()
+    g = torch.Generator().manual_seed(2)
+    values = torch.rand(16, 3, generator=g, dtype=torch.float64) * 2  # (U, C) fresh insertion values
+    est = screen_estimates(gen, seg, z, "layer1", values, [1, 2], batch=2)
+    with torch.no_grad():
+        feats = features_at(gen, z, "layer1")
+        eps = 1e-6
+        for i, c in enumerate([1, 2]):
+            for u in range(16):
+                step = torch.zeros_like(feats)
+                step[:, u] = eps
+                up = seg.class_scores(gen.forward_from("layer1", feats + step, z), c)
+                down = seg.class_scores(gen.forward_from("layer1", feats - step, z), c)
+                expected = float(((up - down) / (2 * eps)).mean()) * float(values[u, c])
+                assert est[i, u].item() == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+
+def test_rank_correlation_against_scipy():
+    from scipy.stats import spearmanr
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, generator=g), torch.randn(40, generator=g)
+    b = a + 0.7 * b
+    assert rank_correlation(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy())[0], rel=1e-12)
+
+
+def gt_ace(tmp_path, **options):
+    return run_analysis(ACE(**{**QUICK, **options}), tmp_path, generator=GroundTruthGenerator(),
+                        segmenter=GroundTruthSegmenter(), layers=["feat"], samples=16, batch_size=8)
+
+
+def test_screen_finds_the_planted_units_from_two_candidates(tmp_path):
+    result = gt_ace(tmp_path, top_k=1, screen_candidates=2)
+    classes = result["classes"]
+    for name, unit in (("red", 0), ("yellow", 2)):
+        e = classes[name]
+        assert e["ranking"][0] == unit and e["unit_ace"][unit] > 0.2
+        assert e["screen"]["measured"] < 13 and not e["screen"]["exhaustive"]
+        assert None in e["unit_ace"] and len(e["unit_ace_estimate"]) == 13
+        assert e["unit_ace_estimate"][unit] == max(e["unit_ace_estimate"])  # the estimate ranks it first too
+    # blue is redundant: no single blue unit decides it; red's and yellow's planted units each do
+    assert [d["unit"] for d in classes["red"]["decisive_units"]] == [0]
+    assert [d["unit"] for d in classes["yellow"]["decisive_units"]] == [2]
+    assert classes["red"]["decisive_units"][0]["removed_fraction"] > 0.99
+    assert classes["blue"]["decisive_units"] == []
+    # best_unit_ace: exact where measured, the calibrated estimate elsewhere
+    red = classes["red"]
+    fit = red["screen"]["fit"]
+    best = best_unit_ace(red)
+    for u in range(13):
+        expected = red["unit_ace"][u] if red["unit_ace"][u] is not None else (
+            fit["intercept"] + fit["slope"] * red["unit_ace_estimate"][u])
+        assert best[u] == pytest.approx(expected)
+
+
+def test_screening_every_unit_gives_the_exhaustive_numbers(tmp_path):
+    screened = gt_ace(tmp_path / "a", top_k=3, screen_candidates=13)
+    exhaustive = gt_ace(tmp_path / "b", top_k=3, screen=False)
+    for name, e in exhaustive["classes"].items():
+        s = screened["classes"][name]
+        assert s["unit_ace"] == e["unit_ace"] and s["ranking"][:3] == e["ranking"][:3]
+        assert s["screen"]["exhaustive"] and e["unit_ace_estimate"] is None and not e["screen"]["enabled"]
+
+
+def test_the_screen_widens_when_the_exact_top_k_sits_at_its_edge(tmp_path, monkeypatch):
+    """A screen that puts red's planted unit 0 last of the first four candidates: the exact top 1 is then
+    at the edge, so two more candidates are measured; there unit 0 is no longer at the edge."""
+    placed = [1, 3, 12, 0, 2, 4, 5, 6, 7, 8, 9, 10, 11]  # screen order for red
+
+    def misplaced(gen, seg, z, layer, values, classes, batch):
+        est = torch.zeros(len(classes), 13, dtype=torch.float64)
+        est[:, placed] = torch.arange(13, 0, -1, dtype=torch.float64)
+        return est
+
+    monkeypatch.setattr(ace_module, "screen_estimates", misplaced)
+    red = gt_ace(tmp_path, classes=["red"], top_k=1, screen_candidates=4)["classes"]["red"]
+    assert red["ranking"][0] == 0
+    assert red["screen"]["widened_to"] == [6] and red["screen"]["measured"] == 6
+    assert red["screen"]["edge_rank"] == 3
+    assert [u for u in range(13) if red["unit_ace"][u] is not None] == sorted(placed[:6])
+
+
+def test_screen_candidates_must_be_positive():
+    with pytest.raises(ValueError, match="screen_candidates must be at least 1"):
+        ACE(screen_candidates=0)
