@@ -158,7 +158,7 @@ class ACE:
     of the top-k curves; default 1, 2, 3, 5, 8, 13, ... top_k), value ('mean' or 'quantile'),
     value_quantile, context_locations, alpha_steps, alpha_lr, alpha_lambda, alpha_samples, stat_samples,
     screen (rank every unit by a first-order estimate and measure only the top candidates exactly),
-    screen_candidates (the first candidate count M; default max(32, 1.5 top_k)).
+    screen_candidates (the first candidate count M; default max(24, 1.2 top_k); widened in steps of M/3).
 
     Cost: with ``screen = false``, (1 + classes) x units x samples images from the layer on, each
     segmented; screened, one forward and ``classes`` backward passes of the samples, then the same for
@@ -261,7 +261,8 @@ class ACE:
                       and labels[c] not in skip]
         z = gen.sample_z(self.samples, ctx.config.seed).to(ctx.device)
         with torch.no_grad():
-            base = class_fractions(seg.segment(gen.forward(z)), len(labels))  # (N, C)
+            original = seg.segment(gen.forward(z))  # (N, H, W) labels, read by every class's context gain
+        base = class_fractions(original, len(labels))  # (N, C)
         order = {c: list(range(units)) for c in chosen}
         if self.screen and chosen:
             if "estimates" not in state:
@@ -269,7 +270,7 @@ class ACE:
                 ctx.save_state()
             order = {c: torch.sort(state["estimates"][i].cpu(), descending=True, stable=True).indices.tolist()
                      for i, c in enumerate(chosen)}
-        first = units if not self.screen else min(units, self.screen_candidates or max(32, (3 * self.top_k + 1) // 2))
+        first = units if not self.screen else min(units, self.screen_candidates or max(24, (6 * self.top_k + 4) // 5))
         # the ablations are shared by the classes: measure the union of the first candidates in one pass
         self.measure(ctx, z, layer, sorted({u for c in chosen for u in order[c][:first]}), None, labels)
         result = {"version": RESULT_VERSION, "layer": layer, "samples": self.samples, "units": units,
@@ -302,7 +303,7 @@ class ACE:
                                                     c, float(base[:, c].mean()))
             entry.update(self.top_k_curves(gen, seg, z, layer, ranking, values[:, c], c, base, len(labels)))
             entry["context_gain"] = self.context_gain(gen, seg, z, layer, ranking[: self.top_k], values[:, c], c,
-                                                      labels)
+                                                      labels, original)
             entry["alpha_opt"] = self.optimise_alpha(gen, seg, z[: self.alpha_samples], layer, values[:, c], c)
             result["classes"][labels[c]] = entry
         self.plot(ctx, result)
@@ -315,6 +316,7 @@ class ACE:
         size, widened = first, []
         while True:
             candidates = order[:size]
+            self.measure(ctx, z, layer, candidates, None, labels)  # ablations outside the first union
             self.measure(ctx, z, layer, candidates, c, labels, values[:, c])
             ace = ctx.state[f"inserted_{c}_mean"] - ctx.state["ablated_mean"][:, c]
             top = sorted(candidates, key=lambda u: -float(ace[u]))[: self.top_k]
@@ -323,7 +325,7 @@ class ACE:
             edge = max(1, size // self.EDGE)
             if size >= units or edge_rank < size - edge:
                 break
-            size = min(units, size + max(1, first // 2))
+            size = min(units, size + max(1, first // 3))
             widened.append(size)
         return sorted(candidates), {"enabled": self.screen, "measured": len(candidates), "units": units,
                                     "initial": first, "widened_to": widened, "edge_rank": edge_rank,
@@ -403,8 +405,9 @@ class ACE:
         return {"curve_k": [0] + ks, "topk_removed_fraction": removed,
                 "topk_ace": (inserted - ablated).tolist(), "base_area": base_area}
 
-    def context_gain(self, gen, seg, z, layer, units, value, c, labels):
-        """Insert the top units at one feature-map pixel; mean gain of class c by the class found there."""
+    def context_gain(self, gen, seg, z, layer, units, value, c, labels, orig):
+        """Insert the top units at one feature-map pixel; mean gain of class c by the class found there.
+        orig: (N, H, W) labels of the unedited images of z."""
         info = find_layer(gen, layer)
         h, w = info.size
         g = torch.Generator().manual_seed(0)
@@ -412,8 +415,6 @@ class ACE:
         if not locations:
             return {}
         n = len(z)
-        with torch.no_grad():
-            orig = seg.segment(gen.forward(z))
         before = class_fractions(orig, len(labels))[:, c]
         ivs = []
         for p in locations:

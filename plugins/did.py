@@ -139,6 +139,9 @@ class DID:
         result = {"version": RESULT_VERSION, "layer": layer, "sites": sites, "top_k": self.top_k,
                   "arm_titles": dict(zip(ARMS, ARM_TITLES)), "classes": {}}
         image_shape = generator_output_shape(gen)
+        # Y(β,u) is the same image for every class (same latents, same rows of the same pass, no
+        # intervention in its rows): segment it once per sample and reuse its areas for the later classes
+        original_areas: dict[int, torch.Tensor] = {}
         for name in names:
             units = ace["classes"][name]["ranking"][: self.top_k]
             c = labels.index(name)
@@ -150,7 +153,13 @@ class DID:
             stream = ctx.tally(stats, key=name, samples=self.samples, generate=False, description=f"did {name}")
             for batch in stream:
                 arms = counterfactuals(gen, batch.z, iv, control, pool=pool)
-                a = [areas(seg, getattr(arms, arm), len(labels)) for arm in ARMS]  # 4 x (B, C)
+                seeds = [int(i) for i in batch.seeds]
+                if all(i in original_areas for i in seeds):
+                    first = torch.stack([original_areas[i] for i in seeds])
+                else:
+                    first = areas(seg, arms.original, len(labels))
+                    original_areas.update(zip(seeds, first))
+                a = [first] + [areas(seg, getattr(arms, arm), len(labels)) for arm in ARMS[1:]]  # 4 x (B, C)
                 stats["area_did"].update((a[1] - a[3]) - (a[2] - a[0]), batch.seeds)
                 stats["arm_area"].update(torch.stack([x.sum(0) for x in a]))
                 stats["before_after"].update(torch.cat([a[0], a[1]], 1), batch.seeds)  # Y(β,u) and Y(β',u') areas
@@ -220,22 +229,26 @@ class DID:
         inner = arms.intervened_fixed_beta - arms.original
         cols = [(getattr(arms, arm), t) for arm, t in zip(ARMS, ARM_TITLES)] + [
             (inner_prime, "Y(β',u')-Y(β',u)"), (inner, "Y(β,u')-Y(β,u)"), (arms.did, "ΔY")]
-        fig, axes = plt.subplots(len(chosen), len(cols), figsize=(1.6 * len(cols), 1.7 * len(chosen) + 0.3),
-                                 squeeze=False)
+        # one canvas, one image: a grid of 7 axes per row took most of this stage's plotting time
+        size, gap = arms.original.shape[-1], 2
+        canvas = torch.ones(len(chosen) * (size + gap), len(cols) * (size + gap), 3)
         for r in range(len(chosen)):
-            for k, (imgs, title) in enumerate(cols):
+            for k, (imgs, _) in enumerate(cols):
                 img = imgs[r].float().cpu()
                 if k >= 4:  # differences: centred at grey
                     img = img / max(1e-6, float(img.abs().max()))
-                img = ((img.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-                ax = axes[r][k]
-                ax.imshow(img, interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(title, fontsize=7)
-            share = f"{100 * area[r]:.1f}%" if area[r] > 0 else "absent"
-            axes[r][0].set_ylabel(f"sample {chosen[r]}\n{name} {share}", fontsize=6)
+                y, x = r * (size + gap), k * (size + gap)
+                canvas[y:y + size, x:x + size] = ((img.clamp(-1, 1) + 1) / 2).permute(1, 2, 0)
+        fig, ax = plt.subplots(figsize=(1.6 * len(cols), 1.7 * len(chosen) + 0.3))
+        ax.imshow(canvas.numpy(), interpolation="nearest")
+        ax.set_xticks([(k + 0.5) * (size + gap) for k in range(len(cols))], [t for _, t in cols], fontsize=7)
+        ax.xaxis.tick_top()
+        ax.set_yticks([(r + 0.5) * (size + gap) for r in range(len(chosen))],
+                      [f"sample {chosen[r]}\n{name} " + (f"{100 * area[r]:.1f}%" if area[r] > 0 else "absent")
+                       for r in range(len(chosen))], fontsize=6)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         present = st.get("panel_present")
         title = f"DID of pixel norm, top units of {name} ablated: the samples with the most {name}"
         if present is not None and present < len(chosen):

@@ -82,20 +82,26 @@ def test_screening_every_unit_gives_the_exhaustive_numbers(tmp_path):
 
 def test_the_screen_widens_when_the_exact_top_k_sits_at_its_edge(tmp_path, monkeypatch):
     """A screen that puts red's planted unit 0 last of the first four candidates: the exact top 1 is then
-    at the edge, so two more candidates are measured; there unit 0 is no longer at the edge."""
-    placed = [1, 3, 12, 0, 2, 4, 5, 6, 7, 8, 9, 10, 11]  # screen order for red
+    at the edge, so one more candidate (a third of four) is measured; there unit 0 is no longer at the edge."""
+    placed = [1, 3, 12, 0, 2, 4, 5, 6, 7, 8, 9, 10, 11]  # screen order for both classes
 
     def misplaced(gen, seg, z, layer, values, classes, batch):
         est = torch.zeros(len(classes), 13, dtype=torch.float64)
         est[:, placed] = torch.arange(13, 0, -1, dtype=torch.float64)
         return est
 
+    exhaustive = gt_ace(tmp_path / "all", classes=["red", "yellow"], top_k=1, screen=False)["classes"]
     monkeypatch.setattr(ace_module, "screen_estimates", misplaced)
-    red = gt_ace(tmp_path, classes=["red"], top_k=1, screen_candidates=4)["classes"]["red"]
+    result = gt_ace(tmp_path / "screened", classes=["red", "yellow"], top_k=1, screen_candidates=4)["classes"]
+    red = result["red"]
     assert red["ranking"][0] == 0
-    assert red["screen"]["widened_to"] == [6] and red["screen"]["measured"] == 6
+    assert red["screen"]["widened_to"] == [5] and red["screen"]["measured"] == 5
     assert red["screen"]["edge_rank"] == 3
-    assert [u for u in range(13) if red["unit_ace"][u] is not None] == sorted(placed[:6])
+    assert [u for u in range(13) if red["unit_ace"][u] is not None] == sorted(placed[:5])
+    # every measured value is the exhaustive one, the widened candidate's included (its ablation measured too)
+    for name in ("red", "yellow"):
+        for u, value in enumerate(result[name]["unit_ace"]):
+            assert value is None or value == exhaustive[name]["unit_ace"][u], (name, u)
 
 
 def test_screen_candidates_must_be_positive():
