@@ -220,13 +220,15 @@ def per_unit(generator: Generator, z: torch.Tensor, layer: str, units: Sequence[
 
 
 def variants(generator: Generator, z: torch.Tensor, interventions: Sequence[Intervention], *,
-             memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool | None = None
+             memory_budget: int = DEFAULT_MEMORY_BUDGET, pool: BufferPool | None = None,
+             backend: str | None = None, channels_last: bool | None = None
              ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Many interventions on one layer for the same latents, after one shared prefix.
 
     Yields ``(indices, images)`` with images (len(indices), N, 3, H, W): block i is
-    ``interventions[indices[i]]`` applied to every latent (plain PyTorch, then the generator's own
-    norms). This is `per_unit` for arbitrary unit sets, values and regions (top-k curves, locations).
+    ``interventions[indices[i]]`` applied to every latent (plain PyTorch), then the rest of the
+    generator with its pixel norms computed by the fused op, as in `per_unit`. This is `per_unit` for
+    arbitrary unit sets, values and regions (top-k curves, locations).
     """
     interventions = list(interventions)
     if not interventions:
@@ -236,8 +238,11 @@ def variants(generator: Generator, z: torch.Tensor, interventions: Sequence[Inte
         iv.check(generator)
     n = len(z)
     per_chunk = max(1, rows_per_chunk(generator, memory_budget) // max(1, n))
+    pool = pool if pool is not None else BufferPool()
+    fns = {site: _norm_fn(site, pool, backend=backend) for site in _pixelnorm_sites(generator)}
     with torch.no_grad():
-        feats = features_at(generator, z, layer)
+        feats = features_at(generator, z, layer)  # the prefix, once, with the generator's own norms
+    with torch.no_grad(), norm_overrides(generator, fns):
         for lo in range(0, len(interventions), per_chunk):
             chunk = list(range(lo, min(lo + per_chunk, len(interventions))))
             x = torch.cat([interventions[i].apply(feats, n, 1) for i in chunk])

@@ -301,7 +301,10 @@ class ACE:
                                                                        spread["rank_distinguishable"])
             entry["decisive_units"] = self.decisive(state, sorted(set(state["ablated_done"].nonzero().flatten().tolist())),
                                                     c, float(base[:, c].mean()))
-            entry.update(self.top_k_curves(gen, seg, z, layer, ranking, values[:, c], c, base, len(labels)))
+            top = ranking[0] if ranking else None
+            single = (None if top is None else (float(state["ablated_mean"][top, c]),
+                                                float(state[f"inserted_{c}_mean"][top])))
+            entry.update(self.top_k_curves(gen, seg, z, layer, ranking, values[:, c], c, base, len(labels), single))
             entry["context_gain"] = self.context_gain(gen, seg, z, layer, ranking[: self.top_k], values[:, c], c,
                                                       labels, original)
             entry["alpha_opt"] = self.optimise_alpha(gen, seg, z[: self.alpha_samples], layer, values[:, c], c)
@@ -389,21 +392,27 @@ class ACE:
                 a, b = b, a + b
         return sorted({int(k) for k in ks if 1 <= int(k) <= top})
 
-    def top_k_curves(self, gen, seg, z, layer, ranking, value, c, base, classes):
-        """Ablate / insert the top-k units for each k of the ladder: class c removed, ACE of the set."""
+    def top_k_curves(self, gen, seg, z, layer, ranking, value, c, base, classes, single=None):
+        """Ablate / insert the top-k units for each k of the ladder: class c removed, ACE of the set.
+        single: (ablated, inserted) mean area of class c with the top unit alone, when already measured
+        (the per-unit pass, same latents): k = 1 is then not generated again."""
         base_area = float(base[:, c].mean())
         ks = self.curve_points(len(ranking))
+        generated = [k for k in ks if not (k == 1 and single is not None)]
         ivs = []
-        for k in ks:
+        for k in generated:
             units = ranking[:k]
             ivs += [Intervention(layer, units), Intervention(layer, units, value=value[units])]
-        area = torch.zeros(len(ivs), device=z.device)
+        area = torch.zeros(len(ivs), dtype=torch.float64)
         for chunk, images in variants(gen, z, ivs):
-            area[chunk] = block_fractions(seg, images, classes)[:, :, c].mean(1)
-        ablated, inserted = area[0::2], area[1::2]
-        removed = [0.0] + [float(1 - a / base_area) if base_area > 0 else 0.0 for a in ablated.tolist()]
+            area[chunk] = block_fractions(seg, images, classes)[:, :, c].double().mean(1).cpu()
+        by_k = {k: (float(area[2 * i]), float(area[2 * i + 1])) for i, k in enumerate(generated)}
+        if single is not None and 1 in ks:
+            by_k[1] = single
+        ablated = [by_k[k][0] for k in ks]
+        removed = [0.0] + [1 - a / base_area if base_area > 0 else 0.0 for a in ablated]
         return {"curve_k": [0] + ks, "topk_removed_fraction": removed,
-                "topk_ace": (inserted - ablated).tolist(), "base_area": base_area}
+                "topk_ace": [by_k[k][1] - by_k[k][0] for k in ks], "base_area": base_area}
 
     def context_gain(self, gen, seg, z, layer, units, value, c, labels, orig):
         """Insert the top units at one feature-map pixel; mean gain of class c by the class found there.
@@ -456,8 +465,9 @@ class ACE:
         for _ in range(self.alpha_steps):
             delta = seg.class_scores(generate(value), c).mean() - seg.class_scores(generate(None), c).mean()
             loss = -delta + self.alpha_lambda * alpha.pow(2).sum()
-            opt.zero_grad()
-            loss.backward()
+            # the gradient for alpha only: loss.backward() would also compute (and keep) every weight's
+            # gradient in the generator and the segmenter, about as much work again as the backward needed
+            (alpha.grad,) = torch.autograd.grad(loss, [alpha])
             opt.step()
             with torch.no_grad():
                 alpha.clamp_(0, 1)
