@@ -44,7 +44,8 @@ class AceClassResult(TypedDict):
     unit_ace_se: list[float | None]  # (U,) its standard error over latents (paired)
     unit_ace_ci95: list[list[float] | None]  # (U, 2) t interval
     unit_ace_estimate: list[float] | None  # (U,) the screen's first-order estimate (class-score units), or None
-    screen: dict  # {"enabled", "measured", "units", "initial", "widened_to", "edge_rank", "edge", "spearman", "fit"}
+    screen: dict  # {"enabled", "measured", "units", "exhaustive", "initial", "widened_to", "edge_rank", "edge",
+    #                "fallback" (why every unit was measured, or None), "spearman", "fit"}
     decisive_units: list[dict]  # [{"unit", "removed_fraction"}]: one ablation removes >= DECISIVE of the class
     topk_stability: dict[str, float]  # top-k unit -> share of latent resamples keeping it in the top k
     rank_beats_next: list[float]  # rank r of the top k: share of resamples where it beats rank r + 1
@@ -158,7 +159,9 @@ class ACE:
     of the top-k curves; default 1, 2, 3, 5, 8, 13, ... top_k), value ('mean' or 'quantile'),
     value_quantile, context_locations, alpha_steps, alpha_lr, alpha_lambda, alpha_samples, stat_samples,
     screen (rank every unit by a first-order estimate and measure only the top candidates exactly),
-    screen_candidates (the first candidate count M; default max(24, 1.2 top_k); widened in steps of M/3).
+    screen_candidates (the first candidate count M; default max(24, 1.2 top_k); widened in steps of M/3),
+    screen_min_correlation (below this rank correlation of estimate and exact ACE over the measured
+    units, every unit of the class is measured; default 0.3).
 
     Cost: with ``screen = false``, (1 + classes) x units x samples images from the layer on, each
     segmented; screened, one forward and ``classes`` backward passes of the samples, then the same for
@@ -173,7 +176,7 @@ class ACE:
                  curve_ks: list[int] | None = None, value: str = "mean", value_quantile: float = 0.99,
                  context_locations: int = 16, alpha_steps: int = 30, alpha_lr: float = 0.01,
                  alpha_lambda: float = 0.005, alpha_samples: int = 8, stat_samples: int | None = None,
-                 screen: bool = True, screen_candidates: int | None = None):
+                 screen: bool = True, screen_candidates: int | None = None, screen_min_correlation: float = 0.3):
         if value not in ("mean", "quantile"):
             raise ValueError(f"ace: value must be 'mean' or 'quantile', got {value!r}")
         at_least_one = dict(samples=samples, top_k=top_k, alpha_samples=alpha_samples,
@@ -191,7 +194,10 @@ class ACE:
         self.value, self.value_quantile = value, value_quantile
         self.context_locations, self.alpha_steps, self.alpha_lr = context_locations, alpha_steps, alpha_lr
         self.alpha_lambda, self.alpha_samples, self.stat_samples = alpha_lambda, alpha_samples, stat_samples
-        self.screen, self.screen_candidates = screen, screen_candidates
+        if not -1 <= screen_min_correlation <= 1:
+            raise ValueError(f"ace: screen_min_correlation must be in [-1, 1], got {screen_min_correlation}")
+        self.screen, self.screen_candidates, self.screen_min_correlation = (screen, screen_candidates,
+                                                                            screen_min_correlation)
 
     def check(self, generator, segmenter, layers):
         """Before any work: the class names exist in the segmenter's vocabulary."""
@@ -276,19 +282,14 @@ class ACE:
         result = {"version": RESULT_VERSION, "layer": layer, "samples": self.samples, "units": units,
                   "class_area": {labels[c]: float(area[c]) for c in range(len(labels))}, "classes": {}}
         for i, c in enumerate(chosen):
-            measured, screen = self.screened(ctx, z, layer, values, c, order[c], first, labels)
+            estimate = state["estimates"][i].cpu() if self.screen else None
+            measured, screen = self.screened(ctx, z, layer, values, c, order[c], first, labels, estimate)
             ace = state[f"inserted_{c}_mean"] - state["ablated_mean"][:, c]  # (U,) float64, exact where measured
             exact = sorted(measured, key=lambda u: -float(ace[u]))
             ranking = exact + [u for u in order[c] if u not in set(measured)]
             entry = {"unit_ace": [float(ace[u]) if u in set(measured) else None for u in range(units)],
-                     "ranking": ranking, "insert_value": values[:, c].tolist()}
-            if self.screen:
-                estimate = state["estimates"][i]
-                screen.update(self.calibration(estimate[measured], ace[measured]))
-                entry["unit_ace_estimate"] = estimate.tolist()
-            else:
-                entry["unit_ace_estimate"] = None
-            entry["screen"] = screen
+                     "ranking": ranking, "insert_value": values[:, c].tolist(),
+                     "unit_ace_estimate": None if estimate is None else estimate.tolist(), "screen": screen}
             # per latent, paired: the same z inserted and ablated
             effects = (state[f"inserted_{c}_latents"][measured].double()
                        - state["ablated_latents"][measured][:, :, c].double())  # (M, N)
@@ -312,27 +313,41 @@ class ACE:
         self.plot(ctx, result)
         return result
 
-    def screened(self, ctx, z, layer, values, c, order, first, labels):
+    def screened(self, ctx, z, layer, values, c, order, first, labels, estimate=None):
         """Measure class c's candidates exactly, widening while the exact top k reaches the screened set's
-        last 1/EDGE. Returns (the measured units, screen info)."""
+        last 1/EDGE, and measuring every unit when the estimate ranks the measured ones too poorly (rank
+        correlation below ``screen_min_correlation``). Returns (the measured units, screen info)."""
         units = len(order)
         size, widened = first, []
+        position = {u: i for i, u in enumerate(order)}
         while True:
             candidates = order[:size]
             self.measure(ctx, z, layer, candidates, None, labels)  # ablations outside the first union
             self.measure(ctx, z, layer, candidates, c, labels, values[:, c])
             ace = ctx.state[f"inserted_{c}_mean"] - ctx.state["ablated_mean"][:, c]
             top = sorted(candidates, key=lambda u: -float(ace[u]))[: self.top_k]
-            position = {u: i for i, u in enumerate(order)}
             edge_rank = max(position[u] for u in top) if top else 0
             edge = max(1, size // self.EDGE)
             if size >= units or edge_rank < size - edge:
                 break
             size = min(units, size + max(1, first // 3))
             widened.append(size)
-        return sorted(candidates), {"enabled": self.screen, "measured": len(candidates), "units": units,
-                                    "initial": first, "widened_to": widened, "edge_rank": edge_rank,
-                                    "edge": size - edge, "exhaustive": len(candidates) == units}
+        info = {"enabled": self.screen, "initial": first, "widened_to": widened, "edge_rank": edge_rank,
+                "edge": size - edge, "fallback": None}
+        if estimate is not None:
+            fit = self.calibration(estimate[candidates], ace[candidates])
+            if size < units and fit["spearman"] < self.screen_min_correlation:
+                # a class score that disagrees with the segmentation misleads the screen; measure everything
+                info["fallback"] = (f"the estimate ranked the {size} measured units with a rank correlation of "
+                                    f"{fit['spearman']:.2f} < {self.screen_min_correlation}: every unit measured")
+                candidates = order
+                self.measure(ctx, z, layer, candidates, None, labels)
+                self.measure(ctx, z, layer, candidates, c, labels, values[:, c])
+                ace = ctx.state[f"inserted_{c}_mean"] - ctx.state["ablated_mean"][:, c]
+                fit = self.calibration(estimate[candidates], ace[candidates])
+            info.update(fit)
+        info.update(measured=len(candidates), units=units, exhaustive=len(candidates) == units)
+        return sorted(candidates), info
 
     @staticmethod
     def calibration(estimate: torch.Tensor, exact: torch.Tensor) -> dict:
@@ -570,6 +585,8 @@ class ACE:
             if screen.get("enabled"):
                 widened = (f", widened from {screen['initial']} because the exact top {len(e.get('topk_stability', {}))} "
                            "reached the screened set's edge" if screen.get("widened_to") else "")
+                if screen.get("fallback"):
+                    widened += f"; then {esc(screen['fallback'])}"
                 parts.append(f"<p class='muted'>Screened: {screen['measured']} of {screen['units']} units measured "
                              f"exactly{widened}, the rest ranked by the first-order estimate (rank correlation of "
                              f"estimate and exact ACE over the measured units: {fmt(screen.get('spearman'), 2)}).</p>")

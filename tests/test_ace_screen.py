@@ -92,7 +92,8 @@ def test_the_screen_widens_when_the_exact_top_k_sits_at_its_edge(tmp_path, monke
 
     exhaustive = gt_ace(tmp_path / "all", classes=["red", "yellow"], top_k=1, screen=False)["classes"]
     monkeypatch.setattr(ace_module, "screen_estimates", misplaced)
-    result = gt_ace(tmp_path / "screened", classes=["red", "yellow"], top_k=1, screen_candidates=4)["classes"]
+    result = gt_ace(tmp_path / "screened", classes=["red", "yellow"], top_k=1, screen_candidates=4,
+                    screen_min_correlation=-1)["classes"]  # no fallback: this made-up screen ranks poorly
     red = result["red"]
     assert red["ranking"][0] == 0
     assert red["screen"]["widened_to"] == [5] and red["screen"]["measured"] == 5
@@ -104,6 +105,20 @@ def test_the_screen_widens_when_the_exact_top_k_sits_at_its_edge(tmp_path, monke
             assert value is None or value == exhaustive[name]["unit_ace"][u], (name, u)
 
 
+def test_a_poorly_ranking_screen_falls_back_to_every_unit(tmp_path):
+    """Rank correlation of estimate and exact ACE over the measured units below the floor: every unit of
+    the class is measured, and the values are the exhaustive ones."""
+    exhaustive = gt_ace(tmp_path / "all", classes=["red"], top_k=1, screen=False)["classes"]["red"]
+    red = gt_ace(tmp_path / "screened", classes=["red"], top_k=1, screen_candidates=4,
+                 screen_min_correlation=1.0)["classes"]["red"]
+    assert red["screen"]["fallback"] and "every unit measured" in red["screen"]["fallback"]
+    assert red["screen"]["exhaustive"] and red["unit_ace"] == exhaustive["unit_ace"]
+    default = gt_ace(tmp_path / "default", classes=["red"], top_k=1, screen_candidates=4)["classes"]["red"]
+    assert default["screen"]["fallback"] is None and not default["screen"]["exhaustive"]
+
+
 def test_screen_candidates_must_be_positive():
     with pytest.raises(ValueError, match="screen_candidates must be at least 1"):
         ACE(screen_candidates=0)
+    with pytest.raises(ValueError, match="screen_min_correlation must be in"):
+        ACE(screen_min_correlation=2)
