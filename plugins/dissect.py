@@ -191,7 +191,7 @@ class Dissect:
         or the raw feature map (``raw``)."""
         hist = None
         for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
-                                 segment=False, description=f"dissect {layer}: fit thresholds"):
+                                 segment=False, features_only=raw, description=f"dissect {layer}: fit thresholds"):
             feats = batch.features[layer]
             if hist is None:  # range from the first batch, widened: later values clamp into the end bins
                 flat = feats.transpose(0, 1).reshape(feats.shape[1], -1).double()
@@ -230,7 +230,7 @@ class Dissect:
                              torch.zeros_like(target_bin, dtype=below.dtype))
         inside = [[] for _ in range(len(target_bin))]
         for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
-                                 segment=False, description=f"dissect {layer}: exact thresholds"):
+                                 segment=False, features_only=True, description=f"dissect {layer}: exact thresholds"):
             up = raw_pixels(batch.features[layer])
             keep = hist.bin_index(up) == target_bin[:, None]
             for u in range(len(up)):
@@ -311,14 +311,20 @@ class Dissect:
             cls.update(onehot.sum(0))
             category_pixels.update(in_cat.sum(0) * pixels)
             top.update(feats.flatten(2).amax(2).transpose(0, 1), torch.as_tensor(list(batch.seeds)))
+            per_image = onehot.view(b, pixels, classes)
             for lo in range(0, units, self.unit_chunk):
-                up = upsampled(feats[:, lo:lo + self.unit_chunk], batch.images.shape[-2:])  # (u, P)
-                tc = t[lo:lo + self.unit_chunk, None]
+                # (B, u, H, W) as interpolate gives it: no transposed copy of the largest tensor here
+                up = F.interpolate(feats[:, lo:lo + self.unit_chunk].float(), size=tuple(batch.images.shape[-2:]),
+                                   mode="bilinear", align_corners=False)
+                tc = t[None, lo:lo + self.unit_chunk, None, None]
                 # iqr: strictly above, as gandissect; quantile: ties at the threshold count too (the same for
                 # continuous activations, but a unit whose top quantile is an atom would otherwise never fire)
-                mask = (up >= tc if self.mode == "quantile" else up > tc).float()
-                inter.update(mask @ onehot, slice(lo, lo + len(up)))
-                active.update(mask.view(len(up), b, pixels).sum(2) @ in_cat, slice(lo, lo + len(up)))
+                # 1.0 where on, in place: sign(up - t) is -1, 0, 1; "+1 then clamp" makes ties on (>=), clamping
+                # alone leaves them off (>); twice as fast here as a bool comparison converted to float
+                up.sub_(tc).sign_()
+                mask = (up.add_(1) if self.mode == "quantile" else up).clamp_(0, 1).view(b, up.shape[1], pixels)
+                inter.update(torch.bmm(mask, per_image).sum(0), slice(lo, lo + up.shape[1]))  # (u, C)
+                active.update(mask.sum(2).t() @ in_cat, slice(lo, lo + up.shape[1]))
         of_label = categories.of_label.to(dev)
         active_per_label = active.total[:, of_label]  # (U, C): unit-on pixels in the images of each label's category
         total_per_label = category_pixels.total[of_label][None, :]  # (1, C)
