@@ -25,10 +25,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gandid.segmentation import class_fractions  # noqa: E402
 from gandid.testing import run_analysis  # noqa: E402
 from gandid_plugins.ace import ACE, rank_correlation  # noqa: E402
+from test_bench_engine import random_generator as random_pggan  # noqa: E402  (random-weight PG-GAN)
 
 
 class ColourSegmenter:
@@ -55,17 +57,6 @@ class ColourSegmenter:
         if soft is None:
             soft = torch.softmax(images * 5, 1)[:, c - 2] * (1 - grey) * neither
         return soft.flatten(1).mean(1)
-
-
-def random_pggan(widths, seed=0):
-    from gandid_plugins.pggan import PGGANGenerator
-
-    gen = PGGANGenerator(widths).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in gen.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() == 1 else 1.0))
-    return gen
 
 
 def case(name):

@@ -36,6 +36,7 @@ from gandid.testing import run_analysis  # noqa: E402
 from gandid_plugins.dissect import Dissect  # noqa: E402
 
 LAYER, QUANTILE, BATCH, TOP = "layer4", 0.99, 16, 8
+UNIT_CHUNK = 512 // 8  # units per upsampled block in the batched peer (gandid's dissect uses 64 too)
 
 
 def features_and_images(gen, z):
@@ -64,13 +65,14 @@ def peer(gen, seg, samples, bincount_batch):
             feats, images = features_and_images(gen, gen.sample_z(min(bincount_batch, samples - lo), 0, start=lo))
             labels = seg.segment(images)
             label_counts += torch.bincount(labels.flatten(), minlength=classes)
-            up = F.interpolate(feats, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            amask = up > level[None, :, None, None]
-            active += amask.flatten(2).sum((0, 2))
-            for label in labels.unique().tolist():
-                if label == 0:
-                    continue  # the peer ignores label 0
-                inter[label] += (amask & (labels == label)[:, None]).flatten(2).sum((0, 2))
+            present = [label for label in labels.unique().tolist() if label != 0]  # the peer ignores label 0
+            for lo_u in range(0, units, UNIT_CHUNK):  # memory: at batch 1 this is the peer's one pass
+                part = slice(lo_u, lo_u + UNIT_CHUNK)
+                up = F.interpolate(feats[:, part], size=labels.shape[-2:], mode="bilinear", align_corners=False)
+                amask = up > level[None, part, None, None]
+                active[part] += amask.flatten(2).sum((0, 2))
+                for label in present:
+                    inter[label, part] += (amask & (labels == label)[:, None]).flatten(2).sum((0, 2))
     return inter.t().double() / (active[:, None] + label_counts[None, :] - inter.t()).clamp_min(1).double()
 
 

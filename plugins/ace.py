@@ -300,8 +300,6 @@ class ACE:
             entry["topk_stability"] = {str(measured[int(r)]): v for r, v in spread["topk_stability"].items()}
             entry["rank_beats_next"], entry["rank_distinguishable"] = (spread["rank_beats_next"],
                                                                        spread["rank_distinguishable"])
-            entry["decisive_units"] = self.decisive(state, sorted(set(state["ablated_done"].nonzero().flatten().tolist())),
-                                                    c, float(base[:, c].mean()))
             top = ranking[0] if ranking else None
             single = (None if top is None else (float(state["ablated_mean"][top, c]),
                                                 float(state[f"inserted_{c}_mean"][top])))
@@ -310,6 +308,9 @@ class ACE:
                                                       labels, original)
             entry["alpha_opt"] = self.optimise_alpha(gen, seg, z[: self.alpha_samples], layer, values[:, c], c)
             result["classes"][labels[c]] = entry
+        ablated = state["ablated_done"].nonzero().flatten().tolist() if chosen else []
+        for c in chosen:  # after every class: among all the ablations measured, whichever class asked for them
+            result["classes"][labels[c]]["decisive_units"] = self.decisive(state, ablated, c, float(base[:, c].mean()))
         self.plot(ctx, result)
         return result
 

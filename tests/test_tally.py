@@ -64,3 +64,26 @@ def test_tally_saves_at_most_every_save_every_seconds(tmp_path, tally_registry, 
     saves.clear()
     run(cfg(tmp_path, "rarely", save_every=3600.0), registry=tally_registry)
     assert len(saves) == 1  # only at the end
+
+
+def test_features_only_batches_stop_after_the_layer_with_the_same_features(tmp_path):
+    """ctx.batches(features_only=True): the layer's features of the full forward, no image, no label,
+    and the layers after it never run."""
+    from gandid.testing import TinyGenerator, run_analysis
+
+    gen = TinyGenerator(seed=4)
+    calls = []
+    gen.to_rgb.register_forward_hook(lambda *args: calls.append(1))
+
+    class Compare:
+        def run(self, ctx):
+            full = list(ctx.batches(samples=6, layers=["layer1"], segment=False))
+            before = len(calls)
+            stopped = list(ctx.batches(samples=6, layers=["layer1"], segment=False, features_only=True))
+            assert len(calls) == before and before > 0  # to_rgb ran for the full batches only
+            for a, b in zip(full, stopped):
+                assert b.images is None and b.labels is None
+                assert torch.equal(a.features["layer1"], b.features["layer1"])
+            return {"batches": len(stopped)}
+
+    assert run_analysis(Compare(), tmp_path, generator=gen, batch_size=4)["batches"] == 2
