@@ -506,12 +506,13 @@ class ACE:
             colours = ["#4c72b0" if e else "#c7c7c7" for e in exact]
             ax1.bar(range(len(ranked)), [100 * best[u] for u in ranked], width=1.0, color=colours)
             ax1.axhline(0, color="black", lw=0.5)
-            screened = "" if all(exact) else f" (blue: {sum(exact)} measured; grey: estimated)"
-            ax1.set(title=f"ACE of each unit on {name}{screened}", xlabel="unit rank",
-                    ylabel="ACE (pp of image pixels)")
+            screened = "" if all(exact) else f"\nblue: {sum(exact)} measured exactly; grey: estimated by the screen"
+            ax1.set_title(f"ACE of each unit on {name}{screened}", fontsize=9)
+            ax1.set(xlabel="unit rank", ylabel="ACE (pp of image pixels)")
             removed = [100 * r for r in entry["topk_removed_fraction"]]
             ax2.plot(entry["curve_k"], removed, "o-", color="#c44e52")
-            ax2.set(title=f"ablating the top-k units: {name} removed", xlabel="k",
+            ax2.set_title(f"ablating the top-k units: {name} removed", fontsize=9)
+            ax2.set(xlabel="k",
                     ylabel=f"% of {name} removed", ylim=(min(-5, min(removed)), 105))
             fig.tight_layout()
             fig.savefig(ctx.path(f"ace_{name}.png"), dpi=100)
