@@ -286,8 +286,9 @@ class ACE:
             measured, screen = self.screened(ctx, z, layer, values, c, order[c], first, labels, estimate)
             ace = state[f"inserted_{c}_mean"] - state["ablated_mean"][:, c]  # (U,) float64, exact where measured
             exact = sorted(measured, key=lambda u: -float(ace[u]))
-            ranking = exact + [u for u in order[c] if u not in set(measured)]
-            entry = {"unit_ace": [float(ace[u]) if u in set(measured) else None for u in range(units)],
+            is_measured = set(measured)
+            ranking = exact + [u for u in order[c] if u not in is_measured]
+            entry = {"unit_ace": [float(ace[u]) if u in is_measured else None for u in range(units)],
                      "ranking": ranking, "insert_value": values[:, c].tolist(),
                      "unit_ace_estimate": None if estimate is None else estimate.tolist(), "screen": screen}
             # per latent, paired: the same z inserted and ablated
