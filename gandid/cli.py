@@ -6,6 +6,7 @@ import json
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import RunConfig, split_list
@@ -35,6 +36,18 @@ def _add_run_parser(sub) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run in --out")
     group.add_argument("--force", action="store_true", default=None, help="replace an existing run in --out")
+    p.add_argument("--shard", metavar="K/N", help="run shard K of N (from 0) into --out, without a process group; "
+                                                  "join the shards with `gandid merge`")
+
+
+def _add_merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help="join the shards of a run (gandid run --shard K/N) into one output folder",
+                       description="Join shard folders written by `gandid run --shard K/N` (all N of them) into the "
+                                   "output folder one run would have written, report included: the shards' work is "
+                                   "merged and the rest of each analysis runs here.")
+    p.add_argument("shards", nargs="+", metavar="SHARD_DIR", help="the shard folders")
+    p.add_argument("--out", required=True, help="output folder of the merged run")
+    p.add_argument("--force", action="store_true", help="replace an existing run in --out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     _add_run_parser(sub)
+    _add_merge_parser(sub)
     p = sub.add_parser("plugins", help="list generators, segmenters and analyses and where they came from")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("bench", help="fused op vs eager vs torch.compile vs copy bandwidth", description=(
@@ -66,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "seg_weights": args.seg_weights, "analysis": split_list(args.analysis) if args.analysis else None,
         "layer": split_list(args.layer) if args.layer else None, "samples": args.samples, "seed": args.seed,
         "batch_size": args.batch_size, "device": args.device, "out": args.out, "resume": args.resume,
-        "force": args.force,
+        "force": args.force, "shard": args.shard,
     }
     return base.merged(overrides)
 
@@ -81,6 +95,14 @@ def cmd_run(args) -> int:
         err_console.print(f"[yellow]interrupted: partial results are in {cfg.out}; "
                           f"continue with `gandid run ... --out {cfg.out} --resume`[/yellow]")
         return 130
+    err_console.print(f"[bold]{result.status}[/bold]: results in {result.out_dir}")
+    return 0 if not result.errors else 1
+
+
+def cmd_merge(args) -> int:
+    from .merge import merge
+
+    result = merge(args.shards, args.out, force=args.force, console=err_console)
     err_console.print(f"[bold]{result.status}[/bold]: results in {result.out_dir}")
     return 0 if not result.errors else 1
 
@@ -112,7 +134,7 @@ def cmd_build_ext(args) -> int:
     try:
         module = build.load(verbose=args.verbose)
     except Exception as exc:
-        err_console.print(f"[red]build failed[/red] (the PyTorch reference will be used instead):\n{exc}")
+        err_console.print(f"[red]build failed[/red] (the PyTorch reference will be used instead):\n{escape(str(exc))}")
         return 1
     print(f"built {module.__name__} in {time.perf_counter() - t0:.1f} s")
     print(f"  library: {module.__file__}")
@@ -203,11 +225,11 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": cmd_run, "plugins": cmd_plugins, "bench": cmd_bench, "build-ext": cmd_build_ext}
+    handlers = {"run": cmd_run, "merge": cmd_merge, "plugins": cmd_plugins, "bench": cmd_bench, "build-ext": cmd_build_ext}
     try:
         return handlers[args.command](args)
     except GandidError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
 
 

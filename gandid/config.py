@@ -37,6 +37,7 @@ class RunConfig:
     out: str = "runs/default"
     resume: bool = False
     force: bool = False
+    shard: str | None = None  # "K/N": this run is shard K of N (gandid merge joins them)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,6 +78,10 @@ class RunConfig:
         values = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **values)
 
+    def shard_of(self) -> tuple[int, int] | None:
+        """(K, N) when this run is shard K of N, else None."""
+        return None if self.shard is None else parse_shard(self.shard)
+
     def check(self) -> None:
         """Checks that need no plugin: types and ranges."""
         def need_int(name, minimum):
@@ -89,6 +94,7 @@ class RunConfig:
         need_int("seed", 0)
         if self.device not in DEVICES:
             raise UnknownNameError("device", self.device, DEVICES)
+        self.shard_of()
         if self.resume and self.force:
             raise ConfigError("--resume and --force contradict each other: resume keeps the folder, force clears it")
         if self.analysis is not None and not self.analysis:
@@ -96,6 +102,17 @@ class RunConfig:
         for key in ("generator_options", "segmenter_options", "analysis_options"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f"{key} must be a table of option = value")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N) with 0 <= K < N; anything else is refused with the expected form."""
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like K/N (shard K of N, counting from 0), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: K must be in 0..N-1 (shards count from 0)")
+    return index, count
 
 
 def split_list(values) -> list[str]:

@@ -184,6 +184,12 @@ def run_with_betas(generator: Generator, z: torch.Tensor, intervention=(), beta_
     return images, (recorded or {})
 
 
+def units_per_chunk(generator: Generator, latents: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """How many units :func:`per_unit` puts in one chunk for ``latents`` latents: split a unit list
+    in multiples of it (e.g. between processes) and every unit is computed in the same chunk as before."""
+    return max(1, rows_per_chunk(generator, memory_budget) // max(1, latents))
+
+
 def per_unit(generator: Generator, z: torch.Tensor, layer: str, units: Sequence[int] | None = None, *,
              value: torch.Tensor | None = None, alpha: float = 1.0, region: torch.Tensor | None = None,
              memory_budget: int = DEFAULT_MEMORY_BUDGET, pool: BufferPool | None = None,
@@ -199,7 +205,7 @@ def per_unit(generator: Generator, z: torch.Tensor, layer: str, units: Sequence[
     Intervention(layer, units, region, alpha, None).check(generator)
     pool = pool if pool is not None else BufferPool()
     n = len(z)
-    per_chunk = max(1, rows_per_chunk(generator, memory_budget) // max(1, n))
+    per_chunk = units_per_chunk(generator, n, memory_budget)
     with torch.no_grad():
         feats = features_at(generator, z, layer)  # the prefix, once
         mask = None if region is None else region.to(feats.device, feats.dtype).unsqueeze(0)  # (1, h, w)

@@ -6,10 +6,10 @@ and norm-site hooks in :mod:`gandid.hooks`.
 """
 from .buffers import CACHE_FRIENDLY_BYTES, DEFAULT_MEMORY_BUDGET, BufferPool, preferred_layout, rows_per_chunk
 from .engine import (counterfactuals, counterfactuals_naive, generator_output_shape, per_unit, run_with_betas,
-                     variants)
+                     units_per_chunk, variants)
 from .hooks import norm_site_reading
 from .interventions import CONTROLLABLE, Arms, BetaControl, Intervention
 
 __all__ = ["Intervention", "BetaControl", "Arms", "CONTROLLABLE", "BufferPool", "DEFAULT_MEMORY_BUDGET",
            "CACHE_FRIENDLY_BYTES", "rows_per_chunk", "preferred_layout", "counterfactuals", "counterfactuals_naive",
-           "per_unit", "variants", "run_with_betas", "generator_output_shape", "norm_site_reading"]
+           "per_unit", "units_per_chunk", "variants", "run_with_betas", "generator_output_shape", "norm_site_reading"]

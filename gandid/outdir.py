@@ -2,7 +2,8 @@
 stale or replaced run is cleaned up without touching anyone else's files.
 
 gandid owns exactly: ``run.json`` (marked with :data:`MARKER`), the lock file, the files its
-record lists, each stage's ``NAME.json`` and ``state/NAME.pt``, and the temporary files of its
+record lists, each stage's ``NAME.json``, ``state/NAME.pt`` and (a shard's) ``state/exchange/NAME.pt``,
+the private folders ``state/rank-K/`` of a run's other processes, and the temporary files of its
 atomic writes (``*.tmp``). ``--force`` removes those and nothing else.
 """
 from __future__ import annotations
@@ -132,6 +133,13 @@ def owned_paths(out: Path, record: dict) -> list[Path]:
     for stage in record.get("stages", {}):
         names += [f"{stage}.json", f"{stage}.json.tmp", f"{STATE_DIR}/{stage}.pt", f"{STATE_DIR}/{stage}.tmp"]
         names += [f for f in record["stages"][stage].get("files", []) if isinstance(f, str)]
+        names += [f"{STATE_DIR}/exchange/{stage}.pt", f"{STATE_DIR}/exchange/{stage}.tmp"]  # a shard's
+    # the private folders of a run's other processes (torchrun): state and scratch files, all gandid's
+    world = (record.get("distributed") or {}).get("world_size", 1)
+    for rank in range(1, world if isinstance(world, int) else 1):
+        private = out / STATE_DIR / f"rank-{rank}"
+        if private.is_dir() and not private.is_symlink():
+            names += [p.relative_to(out).as_posix() for p in private.rglob("*") if p.is_file() or p.is_symlink()]
     root = out.resolve()
     paths = []
     for name in dict.fromkeys(names):

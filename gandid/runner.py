@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.text import Text
@@ -18,6 +19,8 @@ from . import __version__, outdir
 from .analysis import Analysis, AnalysisResult, RunContext, load_state_file
 from .config import RunConfig, check_options, option_names
 from .contracts import check_contract
+from .distributed import (EXCHANGE_DIR, Collective, Shard, ShardStop, from_environment, launched_by_torchrun,
+                          process_device, split_threads)
 from .errors import ConfigError, GandidError, OutputExistsError, UnknownNameError
 from .model import Generator, Segmenter, find_layer
 from .registry import Registry, get_registry
@@ -38,6 +41,7 @@ class RunResult:
     status: str
     results: dict = field(default_factory=dict)  # analysis -> JSON data
     errors: dict = field(default_factory=dict)  # analysis -> message
+    deferred: list = field(default_factory=list)  # a shard's stages left to `gandid merge`
 
 
 def _now() -> str:
@@ -157,11 +161,13 @@ class Session:
     """A validated run, ready to execute. Construction does every check, takes the output folder's
     lock and loads the models; it changes nothing on disk beyond creating an empty output folder."""
 
-    def __init__(self, cfg: RunConfig, registry: Registry | None = None, console: Console | None = None):
+    def __init__(self, cfg: RunConfig, registry: Registry | None = None, console: Console | None = None,
+                 collective: Collective | None = None):
         self.registry = registry or get_registry()
         self.console = console or Console(stderr=True)
         cfg.check()
         self.cfg = cfg
+        self.collective = collective or Collective()
         self.notes: list[str] = []  # said once on the console and kept in run.json
         reg = self.registry
 
@@ -196,16 +202,32 @@ class Session:
             check_options(f"analysis {name!r}", reg.get("analysis", name).factory, cfg.analysis_options.get(name, {}))
 
         # 3. The output folder, before anything slow: writable, ours alone, and what happens to it.
-        self.device = _resolve_device(cfg.device)
+        #    Rank 0 decides for every process of the run and tells them (or what it refused).
+        self.device = process_device(_resolve_device(cfg.device), self.collective)
+        self.threads = split_threads(self.collective)
         out = Path(cfg.out)
-        if out.exists() and not out.is_dir():
-            raise OutputExistsError(f"--out {str(out)!r} exists and is not a folder")
-        created = not out.exists()
-        outdir.check_writable(out)
-        self.lock = outdir.OutputLock(out)
+        created = False
+        if self.collective.is_writer:
+            try:
+                if out.exists() and not out.is_dir():
+                    raise OutputExistsError(f"--out {str(out)!r} exists and is not a folder")
+                created = not out.exists()
+                outdir.check_writable(out)
+                self.lock = outdir.OutputLock(out)
+                self.lock.acquire()
+                self.previous = _claim_out_dir(cfg, out)
+                self._check_world(self.previous)
+            except GandidError as exc:
+                self.collective.broadcast(("refused", type(exc).__name__, str(exc)))
+                self.close()
+                raise
+            self.collective.broadcast(("ok", None, self.previous))
+        else:
+            verdict, kind, detail = self.collective.broadcast(None)
+            if verdict == "refused":
+                raise GandidError(f"rank 0 refused the run ({kind}): {detail}")
+            self.previous = detail
         try:
-            self.lock.acquire()
-            self.previous = _claim_out_dir(cfg, out)
             self._load(gen_options, seg_options, analysis_names)
         except BaseException:
             self.close()
@@ -236,9 +258,20 @@ class Session:
             if check is not None:
                 _as_config_error(reg, "analysis", name, check, self.generator, self.segmenter, self.layers)
 
+    def _check_world(self, previous: dict | None) -> None:
+        """A run continues with the number of processes it started with: each one's share depends on it."""
+        if previous is None or not self.cfg.resume:
+            return
+        was = (previous.get("distributed") or {}).get("world_size", 1)
+        if was != self.collective.world_size:
+            raise ConfigError(f"--resume: the run in {self.cfg.out!r} was started by {was} process(es) and this is "
+                              f"{self.collective.world_size}: resume it with {was} (each process's share of the samples "
+                              "and units depends on the count), or use a new --out")
+
     def _note(self, message: str) -> None:
         self.notes.append(message)
-        self.console.print(f"[yellow]note:[/yellow] {message}")
+        if self.collective.is_writer:  # said once, not once per process
+            self.console.print(f"[yellow]note:[/yellow] {escape(message)}")
 
     def close(self) -> None:
         """Release the output folder (idempotent)."""
@@ -280,6 +313,7 @@ class Session:
                          "plugins": self._plugin_versions()},
             "seeds": {"samples": self.cfg.seed},
             "device": self.device,
+            "distributed": {**self.collective.describe(), "threads_per_process": self.threads},
             "layers": self.layers,
             "analysis_options": self.analysis_options,  # effective: the config's over the generator's suggestions
             "stages": {},
@@ -345,8 +379,14 @@ class Session:
         from .ops import backend_name
 
         out = Path(self.cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        record = self._take_over(out)
+        writer = self.collective.is_writer
+        if writer:
+            out.mkdir(parents=True, exist_ok=True)
+            record = self._take_over(out)
+        # every process needs to know which stages are done; only rank 0 writes the folder
+        record = self.collective.broadcast(record if writer else None)
+        if not writer:
+            return self._execute_as_helper(record)
         # Built here, outside the progress display, so the one-time compile shows its own spinner.
         record["op_backend"] = backend_name(self.device)
         record["notes"] = list(dict.fromkeys(record.get("notes", []) + self.notes))
@@ -359,7 +399,7 @@ class Session:
             self.write_samples(out)
             record["files"] = list(dict.fromkeys(record["files"] + ["samples.png"]))
         except Exception as exc:  # pictures are a convenience: never lose the run for them
-            self.console.print(f"[yellow]samples.png not written: {type(exc).__name__}: {exc}[/yellow]")
+            self.console.print(f"[yellow]samples.png not written: {escape(f'{type(exc).__name__}: {exc}')}[/yellow]")
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
                             transient=True)
@@ -369,10 +409,13 @@ class Session:
                     self._run_stage(name, record, result, progress)
             record["status"] = result.status = "completed" if not result.errors else "completed_with_errors"
             record["ended"] = _now()
-            from .report import write_report
+            if isinstance(self.collective, Shard):  # no report: the results are the merge's
+                record["status"] = result.status = "shard_done" if not result.errors else "failed"
+            else:
+                from .report import write_report
 
-            record["files"] = list(dict.fromkeys(record["files"] + ["report.html"]))
-            write_report(out, record, self.analyses, result.results)
+                record["files"] = list(dict.fromkeys(record["files"] + ["report.html"]))
+                write_report(out, record, self.analyses, result.results)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             record["status"] = result.status = "interrupted" if interrupted else "failed"
@@ -385,17 +428,60 @@ class Session:
             _write_json_atomic(run_json, record)
             raise
         _write_json_atomic(run_json, record)
-        self.console.print(f"report: {out / 'report.html'}")
+        if isinstance(self.collective, Shard):
+            self.console.print(f"shard {self.cfg.shard} done in {out}: once every shard is, join them with "
+                               f"`gandid merge SHARD_DIR... --out DIR`")
+        else:
+            self.console.print(f"report: {out / 'report.html'}")
         return result
+
+    def _execute_as_helper(self, record: dict) -> RunResult:
+        """A process other than rank 0: run every stage's share, write nothing of the output folder
+        (its state and scratch files go to ``state/rank-K/``), log stages instead of drawing bars."""
+        result = RunResult(Path(self.cfg.out), "running")
+        progress = Progress(console=self.console, disable=True)
+        for name in self.order:
+            self._run_stage(name, record, result, progress)
+        result.status = "completed" if not result.errors else "completed_with_errors"
+        return result
+
+    def _kept_result(self, name: str, record: dict) -> dict | None:
+        """A stage finished by an earlier run: its result (read by rank 0, sent to every process), or None."""
+        data = None
+        if self.collective.is_writer:
+            data_file = Path(self.cfg.out) / f"{name}.json"
+            if record["stages"].get(name, {}).get("status") == "done" and data_file.exists():
+                data = json.loads(data_file.read_text())
+        return self.collective.broadcast(data)
+
+    def _write(self, path: Path, data: dict) -> None:
+        """Rank 0 writes the output folder; the other processes keep to their own state."""
+        if self.collective.is_writer:
+            _write_json_atomic(path, data)
+
+    def _say(self, message: str) -> None:
+        """Rank 0 speaks on its console; the others prefix their rank (they log, not draw)."""
+        prefix = "" if self.collective.is_writer else escape(f"[rank {self.collective.rank}] ")
+        self.console.print(prefix + message)
 
     def _run_stage(self, name: str, record: dict, result: RunResult, progress: Progress) -> None:
         out = Path(self.cfg.out)
         run_json = out / "run.json"
-        stage = record["stages"].get(name, {})
-        data_file = out / f"{name}.json"
-        if stage.get("status") == "done" and data_file.exists():
-            result.results[name] = json.loads(data_file.read_text())
-            self.console.print(f"[dim]{name}: done in a previous run, kept[/dim]")
+        self.collective.begin_stage(name)
+        kept = self._kept_result(name, record)
+        if kept is not None:
+            result.results[name] = kept
+            self._say(f"[dim]{name}: done in a previous run, kept[/dim]")
+            return
+        if (record["stages"].get(name, {}).get("status") == "contributed"
+                and (out / "state" / EXCHANGE_DIR / f"{name}.pt").exists()):
+            result.deferred.append(name)
+            self._say(f"[dim]{name}: this shard's part done in a previous run, kept[/dim]")
+            return
+        waiting = [d for d in getattr(self.analyses[name], "requires", ()) if d in result.deferred]
+        if waiting:
+            record["stages"][name] = {"status": "deferred", "note": f"needs the merged {waiting}: gandid merge runs it"}
+            result.deferred.append(name)
             return
         missing = [d for d in getattr(self.analyses[name], "requires", ()) if d not in result.results]
         if missing:
@@ -408,15 +494,25 @@ class Session:
             # Listed the moment it is created, so --force can remove it even if this run is killed.
             if file not in record["stages"][name]["files"]:
                 record["stages"][name]["files"].append(file)
-                _write_json_atomic(run_json, record)
+                self._write(run_json, record)
 
         ctx = RunContext(name=name, config=self.cfg, generator=self.generator, segmenter=self.segmenter,
                          layers=self.layers, device=self.device, out_dir=out, progress=progress,
-                         results=result.results, options=self.analysis_options[name], on_artefact=listed)
-        _write_json_atomic(run_json, record)
+                         results=result.results, options=self.analysis_options[name], on_artefact=listed,
+                         collective=self.collective)
+        self._write(run_json, record)
         t0 = time.perf_counter()
         try:
+            ctx.state  # noqa: B018 -- every process loads its starting state (Collective.initial_state) here
             value = self.analyses[name].run(ctx)
+        except ShardStop:
+            exchange = f"state/{EXCHANGE_DIR}/{name}.pt"
+            record["stages"][name].update(status="contributed", seconds=round(time.perf_counter() - t0, 3),
+                                          files=[exchange])
+            result.deferred.append(name)
+            self._write(run_json, record)
+            self._say(f"[green]{name}[/green]: this shard's part done in {record['stages'][name]['seconds']:.1f} s")
+            return
         except Exception as exc:  # one failing analysis must not take the others down
             plugin = self.registry.get("analysis", name).plugin.name
             message = (f"analysis {name!r} failed: {exc}" if isinstance(exc, GandidError)
@@ -424,18 +520,28 @@ class Session:
             record["stages"][name].update(status="failed", error=message, traceback=traceback.format_exc(limit=8),
                                           seconds=round(time.perf_counter() - t0, 3))
             result.errors[name] = message
-            self.console.print(f"[red]{message}[/red]")
-            _write_json_atomic(run_json, record)
+            self._say(f"[red]{escape(message)}[/red]")
+            self._write(run_json, record)
+            if self.collective.world_size > 1:
+                # the other processes wait for this one in the analysis's next exchange: stop them all
+                # (torchrun ends the group when a process fails); --resume continues with the others' work
+                raise
             return
         if not isinstance(value, AnalysisResult):
             value = AnalysisResult(value)
-        _write_json_atomic(data_file, value.data)
+        seconds = round(time.perf_counter() - t0, 3)
+        # decides=True: a shard (or the merge) has no one to exchange this with
+        ranks = self.collective.all_gather({"rank": self.collective.rank, "seconds": seconds, "shares": ctx.shares},
+                                           decides=True)
+        self._write(out / f"{name}.json", value.data)
         files = [f"{name}.json", *dict.fromkeys(ctx.artefacts + value.artefacts)]
-        record["stages"][name].update(status="done", seconds=round(time.perf_counter() - t0, 3), files=files)
+        record["stages"][name].update(status="done", seconds=seconds, files=files)
+        if self.collective.world_size > 1:
+            record["stages"][name]["ranks"] = ranks
         record["files"] = list(dict.fromkeys(record["files"] + files))
         result.results[name] = value.data
-        _write_json_atomic(run_json, record)
-        self.console.print(f"[green]{name}[/green] done in {record['stages'][name]['seconds']:.1f} s")
+        self._write(run_json, record)
+        self._say(f"[green]{name}[/green] done in {seconds:.1f} s")
 
 
 def _weights_info(model) -> dict | None:
@@ -444,7 +550,19 @@ def _weights_info(model) -> dict | None:
     return dict(info) if isinstance(info, dict) else None
 
 
-def run(config: RunConfig | dict, registry: Registry | None = None, console: Console | None = None) -> RunResult:
-    """Validate ``config`` fully, then run every selected analysis into ``config.out``."""
+def run(config: RunConfig | dict, registry: Registry | None = None, console: Console | None = None,
+        collective: Collective | None = None) -> RunResult:
+    """Validate ``config`` fully, then run every selected analysis into ``config.out``. Under ``torchrun``
+    (or with a ``collective``) the processes share the work and rank 0 writes the folder."""
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-    return Session(cfg, registry=registry, console=console).execute()
+    own = collective is None
+    if cfg.shard is not None and (collective is not None or launched_by_torchrun()):
+        raise ConfigError("--shard runs one shard without a process group: do not combine it with torchrun")
+    if collective is None and cfg.shard is not None:
+        collective = Shard(*cfg.shard_of(), cfg.out)
+    collective = collective or from_environment(_resolve_device(cfg.device))
+    try:
+        return Session(cfg, registry=registry, console=console, collective=collective).execute()
+    finally:
+        if own:
+            collective.close()
