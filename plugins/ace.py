@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from gandid import hookimpl
 from gandid.analysis import read_result
 from gandid.hooks import features_at, norm_overrides, norm_site_reading
-from gandid.intervene import Intervention, per_unit, variants
+from gandid.intervene import Intervention, per_unit, units_per_chunk, variants
 from gandid.model import find_layer
 from gandid.ops import intervene_pixelnorm
 from gandid.ops.reference import intervene
@@ -220,7 +220,8 @@ class ACE:
             lo, hi = flat.min(1).values, flat.max(1).values
             span = (hi - lo).clamp_min(1e-6)
             stats.update({f"hist_{c}": Histogram(lo - 0.5 * span, hi + 0.5 * span, 256) for c in range(classes)})
-        for batch in ctx.tally(stats, key="statistics", samples=self.stat_samples, layers=[layer],
+        # the insertion values decide what the per-unit passes do: a shard computes them on every sample
+        for batch in ctx.tally(stats, key="statistics", samples=self.stat_samples, layers=[layer], decides=True,
                                description=f"ace {layer}: statistics"):
             feats = batch.features[layer].double()
             b, _, h, w = feats.shape
@@ -272,13 +273,20 @@ class ACE:
         order = {c: list(range(units)) for c in chosen}
         if self.screen and chosen:
             if "estimates" not in state:
-                state["estimates"] = screen_estimates(gen, seg, z, layer, values, chosen, ctx.config.batch_size)
+                # the classes split between processes; the estimates decide the candidates, so a shard
+                # computes them all
+                part = ctx.share(len(chosen), what="classes' estimates", decides=True)
+                mine = (screen_estimates(gen, seg, z, layer, values, chosen[part.start:part.stop], ctx.config.batch_size)
+                        if len(part) else None)
+                state["estimates"] = torch.cat([e for e in ctx.all_gather(mine, decides=True) if e is not None])
                 ctx.save_state()
             order = {c: torch.sort(state["estimates"][i].cpu(), descending=True, stable=True).indices.tolist()
                      for i, c in enumerate(chosen)}
         first = units if not self.screen else min(units, self.screen_candidates or max(24, (6 * self.top_k + 4) // 5))
-        # the ablations are shared by the classes: measure the union of the first candidates in one pass
-        self.measure(ctx, z, layer, sorted({u for c in chosen for u in order[c][:first]}), None, labels)
+        # the ablations are shared by the classes: the union of the first candidates, with every class's
+        # first insertions (one exchange between processes, or shards, for all of them)
+        self.measure(ctx, z, layer, [(None, sorted({u for c in chosen for u in order[c][:first]}), None)]
+                     + [(c, order[c][:first], values[:, c]) for c in chosen], labels)
         result = {"version": RESULT_VERSION, "layer": layer, "samples": self.samples, "units": units,
                   "class_area": {labels[c]: float(area[c]) for c in range(len(labels))}, "classes": {}}
         for i, c in enumerate(chosen):
@@ -301,18 +309,28 @@ class ACE:
             entry["topk_stability"] = {str(measured[int(r)]): v for r, v in spread["topk_stability"].items()}
             entry["rank_beats_next"], entry["rank_distinguishable"] = (spread["rank_beats_next"],
                                                                        spread["rank_distinguishable"])
+            result["classes"][labels[c]] = entry
+        # curves, context and α of each class given its ranking: the classes split between processes
+        part = ctx.share(len(chosen), what="classes' curves, context and alpha")
+        extras = {}
+        for c in chosen[part.start:part.stop]:
+            ranking = result["classes"][labels[c]]["ranking"]
             top = ranking[0] if ranking else None
             single = (None if top is None else (float(state["ablated_mean"][top, c]),
                                                 float(state[f"inserted_{c}_mean"][top])))
-            entry.update(self.top_k_curves(gen, seg, z, layer, ranking, values[:, c], c, base, len(labels), single))
-            entry["context_gain"] = self.context_gain(gen, seg, z, layer, ranking[: self.top_k], values[:, c], c,
+            extra = self.top_k_curves(gen, seg, z, layer, ranking, values[:, c], c, base, len(labels), single)
+            extra["context_gain"] = self.context_gain(gen, seg, z, layer, ranking[: self.top_k], values[:, c], c,
                                                       labels, original)
-            entry["alpha_opt"] = self.optimise_alpha(gen, seg, z[: self.alpha_samples], layer, values[:, c], c)
-            result["classes"][labels[c]] = entry
+            extra["alpha_opt"] = self.optimise_alpha(gen, seg, z[: self.alpha_samples], layer, values[:, c], c)
+            extras[c] = extra
+        for theirs in ctx.all_gather(extras):
+            for c, extra in theirs.items():
+                result["classes"][labels[c]].update(extra)
         ablated = state["ablated_done"].nonzero().flatten().tolist() if chosen else []
         for c in chosen:  # after every class: among all the ablations measured, whichever class asked for them
             result["classes"][labels[c]]["decisive_units"] = self.decisive(state, ablated, c, float(base[:, c].mean()))
-        self.plot(ctx, result)
+        if ctx.is_writer:  # pictures: only the process that writes the output folder draws them
+            self.plot(ctx, result)
         return result
 
     def screened(self, ctx, z, layer, values, c, order, first, labels, estimate=None):
@@ -324,8 +342,8 @@ class ACE:
         position = {u: i for i, u in enumerate(order)}
         while True:
             candidates = order[:size]
-            self.measure(ctx, z, layer, candidates, None, labels)  # ablations outside the first union
-            self.measure(ctx, z, layer, candidates, c, labels, values[:, c])
+            # (ablations outside the first union)
+            self.measure(ctx, z, layer, [(None, candidates, None), (c, candidates, values[:, c])], labels)
             ace = ctx.state[f"inserted_{c}_mean"] - ctx.state["ablated_mean"][:, c]
             top = sorted(candidates, key=lambda u: -float(ace[u]))[: self.top_k]
             edge_rank = max(position[u] for u in top) if top else 0
@@ -343,8 +361,7 @@ class ACE:
                 info["fallback"] = (f"the estimate ranked the {size} measured units with a rank correlation of "
                                     f"{fit['spearman']:.2f} < {self.screen_min_correlation}: every unit measured")
                 candidates = order
-                self.measure(ctx, z, layer, candidates, None, labels)
-                self.measure(ctx, z, layer, candidates, c, labels, values[:, c])
+                self.measure(ctx, z, layer, [(None, candidates, None), (c, candidates, values[:, c])], labels)
                 ace = ctx.state[f"inserted_{c}_mean"] - ctx.state["ablated_mean"][:, c]
                 fit = self.calibration(estimate[candidates], ace[candidates])
             info.update(fit)
@@ -371,30 +388,46 @@ class ACE:
         return [{"unit": u, "removed_fraction": r} for u, r in sorted(removed.items(), key=lambda kv: -kv[1])
                 if r >= self.DECISIVE]
 
-    def measure(self, ctx, z, layer, units, c, labels, value=None):
-        """Class fractions with each of ``units`` ablated (c None) or inserted at value for class c, for the
-        units not measured yet; kept in the run's state (means in float64 and each latent's values)."""
+    def measure(self, ctx, z, layer, jobs, labels):
+        """Class fractions with each unit of a job ablated (``(None, units, None)``) or inserted at
+        ``value`` for class c (``(c, units, value)``), for the units not measured yet; kept in the run's
+        state (means in float64 and each latent's values). Several processes split each job's units
+        in whole engine chunks (each unit is computed in the same chunk as by one process) and exchange
+        the results once for all the jobs; what is left to do is the same in every process because the
+        done flags only change through that exchange."""
         state, n, classes = ctx.state, len(z), len(labels)
         total = find_layer(ctx.generator, layer).channels
-        prefix = "ablated" if c is None else f"inserted_{c}"
-        if f"{prefix}_done" not in state:
-            state[f"{prefix}_done"] = torch.zeros(total, dtype=torch.bool)
-            state[f"{prefix}_mean"] = torch.zeros(total, *(() if c is not None else (classes,)), dtype=torch.float64)
-            state[f"{prefix}_latents"] = torch.zeros(total, n, *(() if c is not None else (classes,)))
-        todo = [u for u in units if not bool(state[f"{prefix}_done"][u])]
-        if not todo:
+        block = units_per_chunk(ctx.generator, n)
+        computed, pending = [], False
+        for c, units, value in jobs:
+            prefix = "ablated" if c is None else f"inserted_{c}"
+            if f"{prefix}_done" not in state:
+                state[f"{prefix}_done"] = torch.zeros(total, dtype=torch.bool)
+                state[f"{prefix}_mean"] = torch.zeros(total, *(() if c is not None else (classes,)),
+                                                      dtype=torch.float64)
+                state[f"{prefix}_latents"] = torch.zeros(total, n, *(() if c is not None else (classes,)))
+            todo = [u for u in units if not bool(state[f"{prefix}_done"][u])]
+            if not todo:
+                continue
+            pending = True
+            part = ctx.share(len(todo), block=block, what=f"{prefix} units")
+            mine = todo[part.start:part.stop]
+            if not mine:
+                continue
+            what = "ablate" if c is None else f"insert {labels[c]}"
+            for chunk, images in ctx.track(per_unit(ctx.generator, z, layer, mine, value=value), total=len(mine),
+                                           description=f"ace {layer}: {what} per unit", size=lambda item: len(item[0])):
+                fractions = block_fractions(ctx.segmenter, images, classes).cpu()  # (u, N, C)
+                if c is not None:  # only class c of an insertion is read
+                    fractions = fractions[:, :, c]
+                computed.append((prefix, torch.as_tensor(chunk), fractions.double().mean(1), fractions.float()))
+        if not pending:
             return
-        what = "ablate" if c is None else f"insert {labels[c]}"
-        chunks = per_unit(ctx.generator, z, layer, todo, value=value)
-        for chunk, images in ctx.track(chunks, total=len(todo), description=f"ace {layer}: {what} per unit",
-                                       size=lambda item: len(item[0])):
-            fractions = block_fractions(ctx.segmenter, images, classes).cpu()  # (u, N, C)
-            if c is not None:  # only class c of an insertion is read
-                fractions = fractions[:, :, c]
-            idx = torch.as_tensor(chunk)
-            state[f"{prefix}_mean"][idx] = fractions.double().mean(1)
-            state[f"{prefix}_latents"][idx] = fractions.float()
-            state[f"{prefix}_done"][idx] = True
+        for theirs in ctx.all_gather(computed):
+            for prefix, idx, mean, latents in theirs:
+                state[f"{prefix}_mean"][idx] = mean
+                state[f"{prefix}_latents"][idx] = latents
+                state[f"{prefix}_done"][idx] = True
         ctx.save_state()
 
     def curve_points(self, available: int) -> list[int]:

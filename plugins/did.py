@@ -183,7 +183,7 @@ class DID:
                                             "significant": bool(q[j] < self.fdr)}
             entry["ablation"] = ablation_effect(stats["before_after"].rows(), c, labels, seed=ctx.config.seed + c,
                                                 resamples=self.resamples)
-            if done:
+            if done and ctx.is_writer:  # pictures: only the process that writes the output folder draws them
                 st = {"panel_samples": self.panel_samples(stats), "panel_present": int(stats["present"].total),
                       "done": done}
                 self.draw_map(ctx, name, dy_abs_sum / n)

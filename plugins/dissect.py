@@ -186,18 +186,30 @@ class Dissect:
         self.fit_samples, self.bins, self.top_seeds, self.unit_chunk = fit_samples, bins, top_seeds, unit_chunk
 
     # -- thresholds ------------------------------------------------------------------------
+    def fit_batches(self, ctx, layer, key, **options):
+        """The fit set's batches (its own seed), this process's share, into ``options["stats"]``; the
+        thresholds decide the rest of the run, so a shard fits them on the whole fit set."""
+        stats = options.pop("stats")
+        return ctx.tally(stats, key=f"{layer}/{key}", samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET,
+                         layers=[layer], decides=True, **options)
+
     def fit_histogram(self, ctx, layer: str, bins: int, raw: bool = False) -> Histogram:
         """Histogram of each unit's activations over the fit set: upsampled to the segmentation's size,
         or the raw feature map (``raw``)."""
-        hist = None
-        for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
-                                 segment=False, features_only=raw, description=f"dissect {layer}: fit thresholds"):
+        # the range from the fit set's first batch (every process reads it), widened: later values clamp
+        # into the end bins
+        first = next(iter(ctx.batches(samples=min(ctx.config.batch_size, self.fit_samples),
+                                      seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer], segment=False,
+                                      features_only=raw, description=f"dissect {layer}: fit range")))
+        feats = first.features[layer]
+        flat = feats.transpose(0, 1).reshape(feats.shape[1], -1).double()
+        lo, hi = flat.min(1).values, flat.max(1).values
+        span = (hi - lo).clamp_min(1e-6)
+        hist = Histogram(lo - 0.5 * span, hi + 0.5 * span, bins)
+        for batch in self.fit_batches(ctx, layer, "raw histogram" if raw else "histogram", stats={"hist": hist},
+                                      segment=False, features_only=raw,
+                                      description=f"dissect {layer}: fit thresholds"):
             feats = batch.features[layer]
-            if hist is None:  # range from the first batch, widened: later values clamp into the end bins
-                flat = feats.transpose(0, 1).reshape(feats.shape[1], -1).double()
-                lo, hi = flat.min(1).values, flat.max(1).values
-                span = (hi - lo).clamp_min(1e-6)
-                hist = Histogram(lo - 0.5 * span, hi + 0.5 * span, bins)
             hist.update(raw_pixels(feats) if raw else upsampled(feats, batch.images.shape[-2:]))
         return hist
 
@@ -229,12 +241,17 @@ class Dissect:
         before = torch.where(target_bin > 0, below.gather(1, (target_bin - 1).clamp_min(0)[:, None])[:, 0],
                              torch.zeros_like(target_bin, dtype=below.dtype))
         inside = [[] for _ in range(len(target_bin))]
-        for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
-                                 segment=False, features_only=True, description=f"dissect {layer}: exact thresholds"):
+        part = ctx.share(self.fit_samples, block=ctx.config.batch_size, what=f"{layer}/exact thresholds", decides=True)
+        for batch in ctx.batches(samples=part.stop, start=part.start, origin=part.start,
+                                 seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer], segment=False,
+                                 features_only=True, description=f"dissect {layer}: exact thresholds"):
             up = raw_pixels(batch.features[layer])
             keep = hist.bin_index(up) == target_bin[:, None]
             for u in range(len(up)):
                 inside[u].append(up[u][keep[u]])
+        # the order statistic of every process's values (their order does not matter)
+        everyone = ctx.all_gather([torch.cat(v) for v in inside], decides=True)
+        inside = [[theirs[u].to(before.device) for theirs in everyone] for u in range(len(inside))]
         return torch.stack([torch.cat(v).kthvalue(rank - int(b) + 1).values for v, b in zip(inside, before)])
 
     def count_above_levels(self, ctx, layer, levels, categories: Categories) -> dict:
@@ -244,20 +261,19 @@ class Dissect:
         n_labels, n_cats = len(categories.of_label), len(categories.names)
         ascending = levels.flip(1).contiguous()
         dev = levels.device
-        by_label = torch.zeros(units, n_labels * (n_levels + 1), dtype=torch.float64, device=dev)
-        by_cat = torch.zeros(units, n_cats, n_levels + 1, dtype=torch.float64, device=dev)
-        label_pixels = torch.zeros(n_labels, dtype=torch.float64, device=dev)
-        category_pixels = torch.zeros(n_cats, dtype=torch.float64, device=dev)
-        all_pixels = 0
-        for batch in ctx.batches(samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer],
-                                 description=f"dissect {layer}: IQR tables"):
+        stats = {"by_label": Sum((units, n_labels * (n_levels + 1)), dev),
+                 "by_cat": Sum((units, n_cats, n_levels + 1), dev), "label_pixels": Sum(n_labels, dev),
+                 "category_pixels": Sum(n_cats, dev), "all_pixels": Sum((), dev)}
+        for batch in self.fit_batches(ctx, layer, "iqr tables", stats=stats, description=f"dissect {layer}: IQR tables"):
+            # the tensors of the statistics (a resume or a merge replaces them: look them up each batch)
+            by_label, by_cat = stats["by_label"].total, stats["by_cat"].total
             feats, labels = batch.features[layer], batch.labels
             b, pixels = len(labels), labels[0].numel()
             lab = labels.reshape(-1).long()
             in_cat = categories.in_images(labels)  # (B, K)
-            label_pixels += torch.bincount(lab, minlength=n_labels).double()
-            category_pixels += in_cat.sum(0) * pixels
-            all_pixels += b * pixels
+            stats["label_pixels"].update(torch.bincount(lab, minlength=n_labels))
+            stats["category_pixels"].update(in_cat.sum(0) * pixels)
+            stats["all_pixels"].update(b * pixels)
             image = torch.arange(b, device=dev).repeat_interleave(pixels)  # (P,): which image each pixel is in
             for lo in range(0, units, self.unit_chunk):
                 up = upsampled(feats[:, lo:lo + self.unit_chunk], labels.shape[-2:]).double()  # (u, P)
@@ -270,14 +286,15 @@ class Dissect:
                 per_image.scatter_add_(1, image[None, :] * (n_levels + 1) + below, ones)
                 by_cat[lo:lo + len(up)] += torch.einsum("ubv,bk->ukv", per_image.view(len(up), b, n_levels + 1),
                                                         in_cat)
+        by_label, by_cat = stats["by_label"].total, stats["by_cat"].total
 
         def above(counts):  # (..., V + 1) by "levels below" -> (..., V): pixels above levels[v]
             at_least = counts.flip(-1).cumsum(-1).flip(-1)  # [..., j]: pixels with below >= j
             return at_least[..., 1:].flip(-1)  # level v (descending) needs below >= V - v
 
         return {"above_label": above(by_label.view(units, n_labels, n_levels + 1)), "above_category": above(by_cat),
-                "label_pixels": label_pixels, "category_pixels": category_pixels,
-                "all_pixels": torch.tensor(float(all_pixels), dtype=torch.float64, device=dev)}
+                "label_pixels": stats["label_pixels"].total, "category_pixels": stats["category_pixels"].total,
+                "all_pixels": stats["all_pixels"].total}
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, ctx):
@@ -332,7 +349,8 @@ class Dissect:
         chance = chance_iou(active_per_label, cls.total[None, :], total_per_label)
         iqr = table_iqr(inter.total, active_per_label, cls.total[None, :], total_per_label)
         summary = self.summarise(ctx, layer, labels, iou, iqr, chance, fit, top)
-        self.draw_strips(ctx, layer, summary)
+        if ctx.is_writer:  # pictures: only the process that writes the output folder draws them
+            self.draw_strips(ctx, layer, summary)
         return summary
 
     def draw_strips(self, ctx, layer, summary, units: int = 8, images: int = 5):
