@@ -28,9 +28,6 @@ from pathlib import Path
 
 import torch
 
-ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
 class _Accelerated:
     """A tensor that lived on an accelerator, travelling on the CPU: it lands on the receiver's device."""
 
@@ -77,11 +74,17 @@ class Collective:
     world_size = 1
     local_rank = 0
     local_world_size = 1
+    stage = ""  # the stage (analysis) running now
 
     @property
     def is_writer(self) -> bool:
         """The rank that writes the output folder."""
         return self.rank == 0
+
+    @property
+    def waits_for_others(self) -> bool:
+        """Whether other live processes wait for this one at each exchange (a process group)."""
+        return False
 
     def begin_stage(self, name: str) -> None:
         """A stage (analysis) starts: exchanges from here on belong to it."""
@@ -105,9 +108,6 @@ class Collective:
     def broadcast(self, value):
         """Rank 0's ``value`` on every rank."""
         return value
-
-    def barrier(self) -> None:
-        return None
 
     def close(self) -> None:
         return None
@@ -155,12 +155,13 @@ class ProcessGroup(Collective):
         self.dist.broadcast_object_list(box, src=0, group=self.group)
         return unpack(box[0], self.device)
 
-    def barrier(self) -> None:
-        self.dist.barrier(group=self.group)
-
     def close(self) -> None:
         if self.owned and self.dist.is_initialized():
             self.dist.destroy_process_group()
+
+    @property
+    def waits_for_others(self) -> bool:
+        return self.world_size > 1
 
     def describe(self) -> dict:
         return {"world_size": self.world_size, "backend": self.backend, "local_world_size": self.local_world_size}

@@ -522,7 +522,7 @@ class Session:
             result.errors[name] = message
             self._say(f"[red]{escape(message)}[/red]")
             self._write(run_json, record)
-            if self.collective.world_size > 1:
+            if self.collective.waits_for_others:
                 # the other processes wait for this one in the analysis's next exchange: stop them all
                 # (torchrun ends the group when a process fails); --resume continues with the others' work
                 raise
