@@ -37,9 +37,9 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["gandid", "gandid.ops", "gandid.report", "gandid_plugins", "gandid_plugins.toyroom"],
+    packages=["gandid", "gandid.ops", "gandid.report", "gandid.serve", "gandid_plugins", "gandid_plugins.toyroom"],
     package_dir={"gandid_plugins": "plugins"},
-    package_data={"gandid_plugins": ["*.json", "*.md", "toyroom/*.md", "toyroom/weights/*"]},
+    package_data={"gandid.serve": ["static/*"], "gandid_plugins": ["*.json", "*.md", "toyroom/*.md", "toyroom/weights/*"]},
     cmdclass={"build_py": BuildPyWithCsrc},
     install_requires=[
         # A range, never a pin above what the user has: an unpinned or newer torch pulls GBs of CUDA.
@@ -54,7 +54,9 @@ setup(
         "scipy",  # BCa bootstrap and false-discovery control (did); needs no torch
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "setuptools>=61", "wheel"],
+        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "setuptools>=61", "wheel", "httpx"],
+        # `gandid serve`: none of these depends on torch
+        "serve": ["starlette>=0.37", "uvicorn>=0.29", "pillow"],
     },
     entry_points={
         "console_scripts": ["gandid = gandid.cli:main"],

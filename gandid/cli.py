@@ -1,4 +1,4 @@
-"""The ``gandid`` command: run, plugins, bench, build-ext."""
+"""The ``gandid`` command: run, merge, serve, plugins, bench, build-ext."""
 from __future__ import annotations
 
 import argparse
@@ -50,12 +50,26 @@ def _add_merge_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
 
 
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="explore a run in the browser: units, painting edits, DID arms",
+                       description="Serve a finished or interrupted run (its generator and segmenter rebuilt from "
+                                   "run.json) as a local web app: unit browser, painting interventions and their four "
+                                   "DID arms, per-class results. Needs the serve extra: pip install 'gandid[serve]'. "
+                                   "API: docs/serve.md.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the output folder of a `gandid run`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where the models run")
+    p.add_argument("--queue", type=int, default=8, help="model requests allowed to wait; more get 503 (default 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gandid", description="Look inside GANs: dissection, ACE, DID.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     _add_run_parser(sub)
     _add_merge_parser(sub)
+    _add_serve_parser(sub)
     p = sub.add_parser("plugins", help="list generators, segmenters and analyses and where they came from")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("bench", help="fused op vs eager vs torch.compile vs copy bandwidth", description=(
@@ -105,6 +119,32 @@ def cmd_merge(args) -> int:
     result = merge(args.shards, args.out, force=args.force, console=err_console)
     err_console.print(f"[bold]{result.status}[/bold]: results in {result.out_dir}")
     return 0 if not result.errors else 1
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError as exc:
+        raise GandidError(f"gandid serve needs the serve extra ({exc.name} is missing): "
+                          "pip install 'gandid[serve]'") from None
+    if not 1 <= args.port <= 65535 or args.queue < 0:
+        raise GandidError("--port must be in 1..65535 and --queue at least 0")
+    if args.host in LOOPBACK:
+        hosts = ["127.0.0.1", "localhost", "[::1]"]
+    else:
+        hosts = None
+        err_console.print(f"[yellow]warning: binding to {escape(args.host)}: anyone who can reach this address can "
+                          "use the explorer and its model (there is no authentication). Prefer the default "
+                          "127.0.0.1 and an SSH tunnel: ssh -L 8765:127.0.0.1:8765 HOST[/yellow]")
+    app = create_app(args.run_dir, device=args.device, queue=args.queue, allowed_hosts=hosts)
+    err_console.print(f"serving {escape(str(args.run_dir))} at http://{escape(args.host)}:{args.port}/ (Ctrl+C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def cmd_plugins(args) -> int:
@@ -225,7 +265,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": cmd_run, "merge": cmd_merge, "plugins": cmd_plugins, "bench": cmd_bench, "build-ext": cmd_build_ext}
+    handlers = {"run": cmd_run, "merge": cmd_merge, "serve": cmd_serve, "plugins": cmd_plugins, "bench": cmd_bench, "build-ext": cmd_build_ext}
     try:
         return handlers[args.command](args)
     except GandidError as exc:

@@ -113,6 +113,11 @@ class BetaControl:
         return [s.name for s in generator.norm_sites if s.kind in CONTROLLABLE and s.layer in after]
 
 
+# The four arms by field name of :class:`Arms`, with their notation (for display; results key by name).
+ARM_TITLES = {"original": "Y(β,u)", "intervened": "Y(β',u')", "intervened_fixed_beta": "Y(β,u')",
+              "original_swapped_beta": "Y(β',u)"}
+
+
 @dataclass
 class Arms:
     """The four DID arms, each (N, 3, H, W), and the controlled sites."""

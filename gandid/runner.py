@@ -81,7 +81,7 @@ def _order_analyses(names: list[str], analyses: dict) -> list[str]:
     return order
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
@@ -157,6 +157,26 @@ def _build(reg: Registry, kind: str, name: str, options: dict):
     return obj
 
 
+def model_options(cfg: RunConfig) -> tuple[dict, dict]:
+    """The generator's and the segmenter's factory options, weights included."""
+    return (dict(cfg.generator_options, **({"weights": cfg.weights} if cfg.weights else {})),
+            dict(cfg.segmenter_options, **({"weights": cfg.seg_weights} if cfg.seg_weights else {})))
+
+
+def build_models(reg: Registry, cfg: RunConfig, device: str, gen_options: dict | None = None,
+                 seg_options: dict | None = None):
+    """The run's generator and segmenter (None without one), checked against their protocols, on ``device``.
+    Options default to the config's, weights included (how `gandid serve` rebuilds a finished run's models)."""
+    if gen_options is None or seg_options is None:
+        gen_options, seg_options = model_options(cfg)
+    generator = _build(reg, "generator", cfg.generator, gen_options)
+    segmenter = _build(reg, "segmenter", cfg.segmenter, seg_options) if cfg.segmenter else None
+    for model in (generator, segmenter):
+        if model is not None and hasattr(model, "to"):
+            model.to(device)
+    return generator, segmenter
+
+
 class Session:
     """A validated run, ready to execute. Construction does every check, takes the output folder's
     lock and loads the models; it changes nothing on disk beyond creating an empty output folder."""
@@ -193,8 +213,7 @@ class Session:
                 self._note(f"[analysis_options.{name}] ignored: analysis {name!r} is not selected in this run")
 
         # 2. Options against the factories' signatures: names and types.
-        gen_options = dict(cfg.generator_options, **({"weights": cfg.weights} if cfg.weights else {}))
-        seg_options = dict(cfg.segmenter_options, **({"weights": cfg.seg_weights} if cfg.seg_weights else {}))
+        gen_options, seg_options = model_options(cfg)
         check_options(f"generator {cfg.generator!r}", reg.get("generator", cfg.generator).factory, gen_options)
         if cfg.segmenter is not None:
             check_options(f"segmenter {cfg.segmenter!r}", reg.get("segmenter", cfg.segmenter).factory, seg_options)
@@ -203,7 +222,7 @@ class Session:
 
         # 3. The output folder, before anything slow: writable, ours alone, and what happens to it.
         #    Rank 0 decides for every process of the run and tells them (or what it refused).
-        self.device = process_device(_resolve_device(cfg.device), self.collective)
+        self.device = process_device(resolve_device(cfg.device), self.collective)
         self.threads = split_threads(self.collective)
         out = Path(cfg.out)
         created = False
@@ -238,11 +257,7 @@ class Session:
     def _load(self, gen_options: dict, seg_options: dict, analysis_names: list[str]) -> None:
         """4. Models, then layers (which only the generator knows), then the analyses and their checks."""
         cfg, reg = self.cfg, self.registry
-        self.generator = _build(reg, "generator", cfg.generator, gen_options)
-        self.segmenter = _build(reg, "segmenter", cfg.segmenter, seg_options) if cfg.segmenter else None
-        for model in (self.generator, self.segmenter):
-            if model is not None and hasattr(model, "to"):
-                model.to(self.device)
+        self.generator, self.segmenter = build_models(reg, cfg, self.device, gen_options, seg_options)
         layers = cfg.layer or [getattr(self.generator, "default_layer", None)
                                or self.generator.layers[len(self.generator.layers) // 2].name]
         self.layers = [find_layer(self.generator, name).name for name in layers]
@@ -560,7 +575,7 @@ def run(config: RunConfig | dict, registry: Registry | None = None, console: Con
         raise ConfigError("--shard runs one shard without a process group: do not combine it with torchrun")
     if collective is None and cfg.shard is not None:
         collective = Shard(*cfg.shard_of(), cfg.out)
-    collective = collective or from_environment(_resolve_device(cfg.device))
+    collective = collective or from_environment(resolve_device(cfg.device))
     try:
         return Session(cfg, registry=registry, console=console, collective=collective).execute()
     finally:

@@ -16,14 +16,13 @@ import torch
 
 from gandid import hookimpl
 from gandid.analysis import read_result
-from gandid.intervene import BetaControl, BufferPool, Intervention, counterfactuals, generator_output_shape
+from gandid.intervene import ARM_TITLES, BetaControl, BufferPool, Intervention, counterfactuals, generator_output_shape
 from gandid.segmentation import class_fractions
 from gandid.stats import PerSample, Sum, TopK, bootstrap_bca, false_discovery
 
 from .ace import check_class_names, read_ace_result
 
-ARMS = ("original", "intervened", "intervened_fixed_beta", "original_swapped_beta")  # gandid.intervene.Arms
-ARM_TITLES = ("Y(β,u)", "Y(β',u')", "Y(β,u')", "Y(β',u)")  # for display only; results are keyed by ARMS
+ARMS = tuple(ARM_TITLES)  # gandid.intervene.Arms's four images, by field name; results are keyed by them
 RESULT_VERSION = 3  # 2: BCa intervals, p and q per area DID; 3: ablation effect with intervals
 
 
@@ -137,7 +136,7 @@ class DID:
         sites = control.resolve(gen, layer)
         pool = BufferPool()
         result = {"version": RESULT_VERSION, "layer": layer, "sites": sites, "top_k": self.top_k,
-                  "arm_titles": dict(zip(ARMS, ARM_TITLES)), "classes": {}}
+                  "arm_titles": dict(ARM_TITLES), "classes": {}}
         image_shape = generator_output_shape(gen)
         # Y(β,u) is the same image for every class (same latents, same rows of the same pass, no
         # intervention in its rows): segment it once per sample and reuse its areas for the later classes
@@ -227,7 +226,7 @@ class DID:
             area = areas(ctx.segmenter, arms.original, len(labels))[:, labels.index(name)].tolist()
         inner_prime = arms.intervened - arms.original_swapped_beta
         inner = arms.intervened_fixed_beta - arms.original
-        cols = [(getattr(arms, arm), t) for arm, t in zip(ARMS, ARM_TITLES)] + [
+        cols = [(getattr(arms, arm), t) for arm, t in ARM_TITLES.items()] + [
             (inner_prime, "Y(β',u')-Y(β',u)"), (inner, "Y(β,u')-Y(β,u)"), (arms.did, "ΔY")]
         # one canvas, one image: a grid of 7 axes per row took most of this stage's plotting time
         size, gap = arms.original.shape[-1], 2

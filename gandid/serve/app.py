@@ -1,0 +1,187 @@
+"""The ASGI app of `gandid serve` (Starlette): the JSON API of docs/serve.md and the static views.
+
+Model calls go through one :class:`ModelQueue` (one device, one call at a time, a bounded wait list);
+reading results and files never waits for it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import traceback
+from pathlib import Path
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import GandidError
+from .explorer import BadRequest, Explorer, NotFound
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_BODY = 1 << 20  # bytes: a 256 x 256 region written out as JSON numbers fits with room to spare
+HEADERS = {
+    # the views load nothing from elsewhere; images are data: URLs or the run's own files
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class Busy(GandidError):
+    """The model's wait list is full (HTTP 503)."""
+
+
+class ModelQueue:
+    """Model calls one at a time, in arrival order, with at most ``limit`` waiting behind the running one.
+
+    A waiting request whose client disconnects leaves the list without running; a running call (well
+    under a second for the views' requests) finishes and its answer is dropped.
+    """
+
+    def __init__(self, limit: int = 8):
+        self.limit = limit
+        self.pending = 0  # running + waiting
+        self._lock: asyncio.Lock | None = None
+
+    async def run(self, request: Request, fn, *args):
+        if self.pending > self.limit:
+            raise Busy(f"busy: {self.pending - 1} requests are waiting for the model (at most {self.limit}); "
+                       "try again in a moment")
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        self.pending += 1
+        try:
+            if not await _unless_disconnected(request, self._lock.acquire()):
+                return None
+            try:
+                return await anyio.to_thread.run_sync(fn, *args)
+            finally:
+                self._lock.release()
+        finally:
+            self.pending -= 1
+
+
+async def _unless_disconnected(request: Request, acquire) -> bool:
+    """Await ``acquire`` (the model lock) unless the client goes away first; True when acquired."""
+    acquiring = asyncio.ensure_future(acquire)
+    watching = asyncio.ensure_future(_disconnected(request))
+    await asyncio.wait({acquiring, watching}, return_when=asyncio.FIRST_COMPLETED)
+    watching.cancel()
+    if acquiring.done():
+        return True
+    acquiring.cancel()
+    try:
+        await acquiring
+    except asyncio.CancelledError:
+        return False
+    return True  # acquired at the very moment the client left: the caller releases it as usual
+
+
+async def _disconnected(request: Request) -> None:
+    while True:  # the body has been read, so the next message is the disconnect
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _json_body(request: Request):
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise BadRequest(f"the request body must be at most {MAX_BODY} bytes")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise BadRequest(f"the request body must be at most {MAX_BODY} bytes")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not JSON: {exc}") from None
+
+
+def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: int = 8,
+               allowed_hosts: list[str] | None = None) -> Starlette:
+    """The app serving ``run_dir``. ``allowed_hosts``: Host headers accepted (None: any), which keeps a
+    localhost server from answering pages of other sites that resolve their name to 127.0.0.1."""
+    explorer = Explorer(run_dir, registry=registry, device=device)
+    models = ModelQueue(queue)
+    static_files = {p.name for p in STATIC.iterdir() if p.is_file()}
+
+    async def index(request):
+        return FileResponse(STATIC / "index.html", headers=HEADERS)
+
+    async def static(request):
+        name = request.path_params["name"]
+        if name not in static_files:
+            raise NotFound(f"no static file {name!r}")
+        return FileResponse(STATIC / name, headers=HEADERS)
+
+    async def run_info(request):
+        return JSONResponse(dict(explorer.info(), limits=dict(explorer.info()["limits"], queue=queue)))
+
+    async def result(request):
+        return JSONResponse(explorer.result(request.path_params["analysis"]))
+
+    async def run_file(request):
+        relative = request.path_params["path"]
+        if relative.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", relative):
+            raise BadRequest(f"path {relative!r} leaves the run folder: give a file name that run.json lists")
+        return FileResponse(explorer.file(relative), headers=HEADERS)
+
+    async def on_model(request, fn, *args):
+        answer = await models.run(request, fn, *args)
+        return Response(status_code=499) if answer is None else JSONResponse(answer)
+
+    async def sample(request):
+        index = explorer.sample_index(request.path_params["index"])
+        return await on_model(request, explorer.sample, index)
+
+    async def unit_images(request):
+        q = request.query_params
+        missing = [k for k in ("layer", "unit", "threshold", "samples") if k not in q]
+        if missing:
+            raise BadRequest(f"missing query parameters {missing}: give layer, unit, threshold and samples=3,17,42")
+        return await on_model(request, explorer.unit_images, q["layer"], q["unit"], q["threshold"], q["samples"])
+
+    async def edit(request):
+        return await on_model(request, explorer.edit, explorer.parse_edit(await _json_body(request)))
+
+    async def arms(request):
+        return await on_model(request, explorer.arms, explorer.parse_edit(await _json_body(request)))
+
+    async def bad_request(request, exc):
+        return _error(400, str(exc))
+
+    async def not_found(request, exc):
+        return _error(404, str(exc))
+
+    async def busy(request, exc):
+        return _error(503, str(exc), {"Retry-After": "1"})
+
+    async def failed(request, exc):
+        traceback.print_exception(exc)
+        return _error(500, f"{type(exc).__name__}: {exc}")
+
+    async def no_route(request, exc):
+        status = getattr(exc, "status_code", 404)
+        return _error(status, f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not found')}")
+
+    routes = [
+        Route("/", index), Route("/static/{name}", static), Route("/files/{path:path}", run_file),
+        Route("/api/run", run_info), Route("/api/results/{analysis}", result),
+        Route("/api/sample/{index}", sample), Route("/api/unit-images", unit_images),
+        Route("/api/edit", edit, methods=["POST"]), Route("/api/arms", arms, methods=["POST"]),
+    ]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={
+        BadRequest: bad_request, NotFound: not_found, Busy: busy, 404: no_route, 405: no_route, Exception: failed})
+    app.state.explorer, app.state.models = explorer, models
+    return app

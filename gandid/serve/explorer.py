@@ -1,0 +1,360 @@
+"""What `gandid serve` does with a run: rebuild its models, render samples, unit overlays, edits and the
+four DID arms of an edit. No HTTP here (:mod:`gandid.serve.app` maps requests to these calls and
+:class:`BadRequest` / :class:`NotFound` to 400 / 404); every parameter is validated here, by name.
+"""
+from __future__ import annotations
+
+import base64
+import colorsys
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from ..errors import GandidError
+from ..hooks import features_at
+from ..intervene import ARM_TITLES, BetaControl, Intervention, counterfactuals, variants
+from ..model import find_layer
+from ..registry import Registry, get_registry
+from ..runner import build_models, resolve_device
+from ..segmentation import class_fractions
+
+MAX_SAMPLE = 2 ** 31  # sample i is latent i of the run's seed: any non-negative index is valid
+MAX_IMAGES = 16  # samples per unit-images request
+MAX_VALUE = 1e4  # |insertion value|
+VALUE_SAMPLES = 16  # samples whose activations give a unit's default insertion value
+VALUE_QUANTILE = 0.99
+
+
+class BadRequest(GandidError):
+    """A request parameter is invalid (HTTP 400); the message names it and what is allowed."""
+
+
+class NotFound(GandidError):
+    """No such analysis result, file or layer (HTTP 404)."""
+
+
+def palette(n: int) -> list[list[int]]:
+    """n distinct RGB colours (0..255): label 0 dark grey, then hues a golden angle apart."""
+    colours = [[40, 40, 40]]
+    for i in range(1, n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 if i % 2 else 0.9, 0.95)
+        colours.append([round(255 * r), round(255 * g), round(255 * b)])
+    return colours[:n]
+
+
+def png_data_url(rgb: torch.Tensor) -> str:
+    """(3, H, W) uint8 -> a PNG data URL."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb.permute(1, 2, 0).contiguous().cpu().numpy()).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def to_rgb(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [-1, 1] -> uint8."""
+    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _integer(body: dict, name: str, low: int, high: int) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise BadRequest(f"{name!r} must be an integer in [{low}, {high}), got {value!r}")
+    return value
+
+
+def _number(value, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise BadRequest(f"{name!r} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+@dataclass
+class Edit:
+    """A validated edit: ``units`` of ``layer`` ablated or inserted with strength α in ``region``."""
+
+    sample: int
+    layer: str
+    units: list[int]
+    mode: str
+    strength: float
+    values: list[float] | None
+    region: torch.Tensor | None  # (h, w) in [0, 1], or None for the whole map
+
+
+class Explorer:
+    """A run folder with its generator and segmenter rebuilt from run.json."""
+
+    def __init__(self, run_dir: str | Path, registry: Registry | None = None, device: str = "cpu"):
+        self.run_dir = Path(run_dir).resolve()
+        record_path = self.run_dir / "run.json"
+        if not record_path.is_file():
+            raise GandidError(f"{str(run_dir)!r} is not a gandid run folder (no run.json): give the --out "
+                              "folder of a `gandid run`")
+        try:
+            self.record = json.loads(record_path.read_text())
+            self.config = RunConfig.from_dict(self.record["config"])
+        except (ValueError, KeyError, TypeError, GandidError) as exc:
+            raise GandidError(f"{record_path} is damaged or from another gandid ({exc}): serve a run written by "
+                              "this version, or run it again") from None
+        self.device = resolve_device(device)
+        self.generator, self.segmenter = build_models(registry or get_registry(), self.config, self.device)
+        if self.segmenter is None:
+            raise GandidError(f"the run in {str(run_dir)!r} has no segmenter: serve needs one to show segmentations")
+        for model in (self.generator, self.segmenter):
+            if hasattr(model, "eval"):
+                model.eval()
+        self.labels = list(self.segmenter.labels)
+        self.colours = torch.tensor(palette(len(self.labels)), dtype=torch.uint8)
+        self._insert_values: dict[str, torch.Tensor] = {}
+
+    # -- what the run is -----------------------------------------------------------------------
+    def info(self) -> dict:
+        stages = self.record.get("stages") or {}
+        gen = self.generator
+        return {
+            "name": self.run_dir.name, "status": self.record.get("status"), "generator": self.config.generator,
+            "segmenter": self.config.segmenter, "seed": self.config.seed, "samples": self.config.samples,
+            "resolution": gen.resolution, "device": self.device,
+            "layers": [{"name": l.name, "channels": l.channels, "size": list(l.size)} for l in gen.layers],
+            "analysed_layers": list(self.record.get("layers") or []), "labels": self.labels,
+            "colours": self.colours.tolist(),
+            "analyses": {name: {"status": (stage or {}).get("status"), "result": self._result_path(name) is not None}
+                         for name, stage in stages.items()},
+            "did_sites": self._did_sites(), "arm_titles": dict(ARM_TITLES),
+            "limits": {"max_sample": MAX_SAMPLE, "max_images": MAX_IMAGES, "max_value": MAX_VALUE},
+        }
+
+    def _result_path(self, analysis: str) -> Path | None:
+        stage = (self.record.get("stages") or {}).get(analysis)
+        path = self.run_dir / f"{analysis}.json"
+        if not isinstance(stage, dict) or stage.get("status") != "done" or not path.is_file():
+            return None
+        return path
+
+    def result(self, analysis: str) -> dict:
+        """An analysis's JSON result, as the run wrote it."""
+        path = self._result_path(analysis)
+        if path is None:
+            done = [name for name in (self.record.get("stages") or {}) if self._result_path(name)]
+            raise NotFound(f"this run has no finished result of analysis {analysis!r} (it has: {', '.join(done) or 'none'})")
+        return json.loads(path.read_text())
+
+    def file(self, relative: str) -> Path:
+        """A file the run lists in run.json, inside the run folder; anything else is NotFound."""
+        listed = set(self.record.get("files") or [])
+        path = (self.run_dir / relative).resolve()
+        if relative not in listed or not path.is_relative_to(self.run_dir) or not path.is_file():
+            raise NotFound(f"no file {relative!r} in this run (only the files run.json lists are served)")
+        return path
+
+    def _did_sites(self) -> list[str] | None:
+        try:
+            return list(self.result("did")["sites"])
+        except (NotFound, KeyError, TypeError, ValueError):
+            return None
+
+    # -- validation ----------------------------------------------------------------------------
+    def sample_index(self, value) -> int:
+        if isinstance(value, str):
+            value = int(value) if value.isdigit() else value
+        return _integer({"sample": value}, "sample", 0, MAX_SAMPLE)
+
+    def layer(self, name) -> object:
+        if not isinstance(name, str):
+            raise BadRequest(f"'layer' must be a layer name, got {name!r}")
+        try:
+            return find_layer(self.generator, name)
+        except GandidError as exc:
+            raise BadRequest(str(exc)) from None
+
+    def parse_edit(self, body) -> Edit:
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object (see docs/serve.md)")
+        unknown = sorted(set(body) - {"sample", "layer", "units", "mode", "strength", "values", "region"})
+        if unknown:
+            raise BadRequest(f"unknown parameters {unknown}: an edit takes sample, layer, units, mode, strength, "
+                             "values, region")
+        sample = _integer(body, "sample", 0, MAX_SAMPLE)
+        info = self.layer(body.get("layer"))
+        units = body.get("units")
+        if not isinstance(units, list) or not units or len(units) > info.channels:
+            raise BadRequest(f"'units' must be a non-empty list of at most {info.channels} unit indices")
+        for u in units:
+            if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < info.channels:
+                raise BadRequest(f"invalid unit {u!r}: layer {info.name!r} has units 0..{info.channels - 1}")
+        if len(set(units)) != len(units):
+            raise BadRequest(f"'units' repeat: {units}")
+        mode = body.get("mode", "ablate")
+        if mode not in ("ablate", "insert"):
+            raise BadRequest(f"'mode' must be 'ablate' or 'insert', got {mode!r}")
+        strength = _number(body.get("strength", 1.0), "strength", 0.0, 1.0)
+        values = body.get("values")
+        if values is not None:
+            if mode == "ablate":
+                raise BadRequest("'values' are insertion values: give them only with mode 'insert'")
+            if not isinstance(values, list):
+                values = [values] * len(units)
+            if len(values) != len(units):
+                raise BadRequest(f"'values' must be one number or one per unit ({len(units)}), got {len(values)}")
+            values = [_number(v, "values", -MAX_VALUE, MAX_VALUE) for v in values]
+        region = body.get("region")
+        if region is not None:
+            h, w = info.size
+            if not isinstance(region, list) or len(region) != h or any(
+                    not isinstance(row, list) or len(row) != w for row in region):
+                raise BadRequest(f"'region' must be null (the whole map) or a {h} x {w} array (layer "
+                                 f"{info.name!r}'s feature map)")
+            cells = [_number(v, "region", 0.0, 1.0) for row in region for v in row]
+            region = torch.tensor(cells, dtype=torch.float32).view(h, w)
+            if not region.any():
+                raise BadRequest("'region' is empty: paint at least one cell, or send null for the whole map")
+        return Edit(sample, info.name, list(units), mode, strength, values, region)
+
+    # -- the model -----------------------------------------------------------------------------
+    def _latents(self, indices: list[int]) -> torch.Tensor:
+        rows = [self.generator.sample_z(1, self.config.seed, start=i) for i in indices]
+        return torch.cat(rows).to(self.device)
+
+    def _segment(self, images: torch.Tensor) -> torch.Tensor:
+        labels = self.segmenter.segment(images)
+        return labels[:, 0] if labels.dim() == 4 else labels  # multi-label: its first (object) layer
+
+    def _view(self, image: torch.Tensor, labels: torch.Tensor) -> dict:
+        areas = class_fractions(labels.unsqueeze(0), len(self.labels))[0]
+        return {"image": png_data_url(to_rgb(image)),
+                "segmentation": png_data_url(self.colours[labels.long().cpu()].permute(2, 0, 1)),
+                "areas": {name: round(float(a), 6) for name, a in zip(self.labels, areas) if a > 0}}
+
+    @torch.no_grad()
+    def sample(self, index) -> dict:
+        index = self.sample_index(index)
+        images = self.generator.forward(self._latents([index]))
+        return {"index": index, **self._view(images[0], self._segment(images)[0])}
+
+    @torch.no_grad()
+    def unit_images(self, layer, unit, threshold, samples) -> dict:
+        """The unit's map above ``threshold`` outlined on each sample, in one batched pass."""
+        info = self.layer(layer)
+        unit = _integer({"unit": _as_int(unit, "unit")}, "unit", 0, info.channels)
+        threshold = _number(_as_float(threshold, "threshold"), "threshold", -1e30, 1e30)
+        if isinstance(samples, str):
+            samples = [_as_int(s, "samples") for s in samples.split(",") if s.strip()]
+        if not isinstance(samples, list) or not 0 < len(samples) <= MAX_IMAGES:
+            raise BadRequest(f"'samples' must list 1 to {MAX_IMAGES} sample indices")
+        indices = [self.sample_index(s) for s in samples]
+        z = self._latents(indices)
+        feats = features_at(self.generator, z, info.name)[:, unit:unit + 1]
+        images = self.generator.forward(z)
+        size = images.shape[-2:]
+        # as dissection compares it with the segmentation: bilinear upsampling to the image's size
+        above = F.interpolate(feats.float(), size=size, mode="bilinear", align_corners=False)[:, 0] > threshold
+        out = []
+        for i, index in enumerate(indices):
+            rgb = to_rgb(images[i])
+            dimmed = (rgb.float() * torch.where(above[i], 1.0, 0.35)).round().to(torch.uint8)
+            edge = above[i] & ~_eroded(above[i])
+            dimmed[:, edge] = torch.tensor([255, 220, 0], dtype=torch.uint8).view(3, 1)
+            out.append({"index": index, "image": png_data_url(rgb), "overlay": png_data_url(dimmed),
+                        "area": round(float(above[i].float().mean()), 6)})
+        return {"layer": info.name, "unit": unit, "threshold": threshold, "images": out}
+
+    def insert_values(self, layer: str) -> torch.Tensor:
+        """(C,) default insertion values: each unit's 99th percentile of activation over the first samples."""
+        if layer not in self._insert_values:
+            with torch.no_grad():
+                feats = features_at(self.generator, self._latents(list(range(VALUE_SAMPLES))), layer)
+            per_unit = feats.float().transpose(0, 1).reshape(feats.shape[1], -1)
+            self._insert_values[layer] = torch.quantile(per_unit, VALUE_QUANTILE, dim=1).cpu()
+        return self._insert_values[layer]
+
+    def _intervention(self, edit: Edit) -> tuple[Intervention, list[float] | None]:
+        values = edit.values
+        if edit.mode == "insert" and values is None:
+            values = [float(v) for v in self.insert_values(edit.layer)[edit.units]]
+        return Intervention(edit.layer, edit.units, edit.region, edit.strength, values), values
+
+    @torch.no_grad()
+    def edit(self, edit: Edit) -> dict:
+        """The original and the edited sample from one batched engine call (one shared prefix)."""
+        started = time.perf_counter()
+        iv, values = self._intervention(edit)
+        z = self._latents([edit.sample])
+        unchanged = Intervention(edit.layer, [])  # no units: the original, through the same engine pass
+        images = torch.cat([block for _, block in variants(self.generator, z, [unchanged, iv])])[:, 0]
+        labels = self._segment(images)
+        original, edited = self._view(images[0], labels[0]), self._view(images[1], labels[1])
+        return {"original": original, "edited": edited, "change": _change(original["areas"], edited["areas"]),
+                "values": values, "ms": round(1000 * (time.perf_counter() - started), 1)}
+
+    @torch.no_grad()
+    def arms(self, edit: Edit) -> dict:
+        """The four DID arms of the edit (one batched engine call) and ΔY."""
+        started = time.perf_counter()
+        iv, values = self._intervention(edit)
+        sites = self._did_sites()
+        try:
+            arms = counterfactuals(self.generator, self._latents([edit.sample]), iv, BetaControl(sites))
+        except GandidError as exc:  # e.g. the run's DID sites are not this generator's
+            raise BadRequest(str(exc)) from None
+        names = list(ARM_TITLES)
+        images = torch.cat([getattr(arms, name) for name in names])
+        labels = self._segment(images)
+        views = {name: self._view(images[i], labels[i]) for i, name in enumerate(names)}
+        delta = arms.did[0].float()  # (3, H, W)
+        magnitude = delta.abs().mean(0)
+        area = {}
+        for label in self.labels:
+            a = {name: views[name]["areas"].get(label, 0.0) for name in names}
+            did = (a["intervened"] - a["original_swapped_beta"]) - (a["intervened_fixed_beta"] - a["original"])
+            if did != 0:
+                area[label] = round(did, 6)
+        return {"arms": views, "arm_titles": dict(ARM_TITLES), "sites": list(arms.sites), "values": values,
+                "did": {"image": png_data_url(_heat(magnitude)), "mean_abs": float(magnitude.mean()), "area": area},
+                "ms": round(1000 * (time.perf_counter() - started), 1)}
+
+
+def _as_int(value, name: str):
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise BadRequest(f"{name!r} must be an integer, got {value!r}") from None
+    return value
+
+
+def _as_float(value, name: str):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise BadRequest(f"{name!r} must be a number, got {value!r}") from None
+    return value
+
+
+def _eroded(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean (H, W) mask shrunk by one pixel (3x3 neighbourhood): mask minus it is the outline."""
+    padded = F.pad(mask.float()[None, None], (1, 1, 1, 1), value=0.0)
+    kept = -F.max_pool2d(-padded, kernel_size=3, stride=1)  # a 3x3 minimum
+    return kept[0, 0] > 0.5
+
+
+def _heat(magnitude: torch.Tensor) -> torch.Tensor:
+    """(H, W) >= 0 -> (3, H, W) uint8, black to yellow, scaled to the largest value."""
+    scaled = magnitude / magnitude.max().clamp_min(1e-12)
+    rgb = torch.stack([scaled.clamp(0, 1), (scaled * 0.85).clamp(0, 1), (scaled - 0.7).clamp(0, 1)])
+    return (rgb * 255).round().to(torch.uint8)
+
+
+def _change(before: dict, after: dict) -> dict:
+    return {label: round(after.get(label, 0.0) - before.get(label, 0.0), 6)
+            for label in dict.fromkeys(list(before) + list(after))
+            if after.get(label, 0.0) != before.get(label, 0.0)}
