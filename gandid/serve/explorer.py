@@ -146,7 +146,8 @@ class Explorer:
         if path is None:
             done = [name for name in (self.record.get("stages") or {}) if self._result_path(name)]
             raise NotFound(f"this run has no finished result of analysis {analysis!r} (it has: {', '.join(done) or 'none'})")
-        return json.loads(path.read_text())
+        # the runs write NaN where a number is undefined (e.g. a lift over zero chance); JSON has no NaN
+        return json.loads(path.read_text(), parse_constant=lambda name: None)
 
     def file(self, relative: str) -> Path:
         """A file the run lists in run.json, inside the run folder; anything else is NotFound."""

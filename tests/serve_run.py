@@ -1,0 +1,38 @@
+"""A small finished run of the ground-truth world (tests/ground_truth.py) for `gandid serve`'s tests:
+every analysis, seconds to build, and the registry that rebuilds its models."""
+import types
+
+from gandid import hookimpl
+from gandid.config import RunConfig
+from gandid.registry import Registry
+from gandid.runner import run
+from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
+
+
+def ground_truth_registry() -> Registry:
+    import gandid_plugins.ace
+    import gandid_plugins.did
+    import gandid_plugins.dissect
+    import gandid_plugins.entangle
+
+    module = types.ModuleType("gt")
+    module.gandid_register_generators = hookimpl(lambda register: register("gt", GroundTruthGenerator))
+    module.gandid_register_segmenters = hookimpl(lambda register: register("gt", GroundTruthSegmenter))
+    reg = Registry(load_entry_points=False)
+    reg.add_plugin(module, "gt")
+    for mod in (gandid_plugins.dissect, gandid_plugins.ace, gandid_plugins.did, gandid_plugins.entangle):
+        reg.add_plugin(mod, mod.__name__)
+    return reg
+
+
+def build_run(out) -> Registry:
+    """Run every analysis on the ground-truth world into ``out``; returns the registry to serve it with."""
+    reg = ground_truth_registry()
+    cfg = RunConfig(generator="gt", segmenter="gt", analysis=["dissect", "ace", "did", "entangle"],
+                    samples=32, batch_size=16, device="cpu", out=str(out), layer=["feat"],
+                    analysis_options={"dissect": {"quantile": 0.9, "fit_samples": 32},
+                                      "ace": {"samples": 8, "top_k": 3, "alpha_steps": 3},
+                                      "did": {"top_k": 1}})
+    result = run(cfg, registry=reg)
+    assert result.status == "completed", result.errors
+    return reg
