@@ -1,5 +1,9 @@
 """A small finished run of the ground-truth world (tests/ground_truth.py) for `gandid serve`'s tests:
-every analysis, seconds to build, and the registry that rebuilds its models."""
+every analysis, seconds to build, and the registry that rebuilds its models; and a real server for it."""
+import contextlib
+import socket
+import threading
+import time
 import types
 
 from gandid import hookimpl
@@ -36,3 +40,27 @@ def build_run(out) -> Registry:
     result = run(cfg, registry=reg)
     assert result.status == "completed", result.errors
     return reg
+
+
+@contextlib.contextmanager
+def serving(app):
+    """``app`` served by uvicorn on 127.0.0.1 (a free port) in a background thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
