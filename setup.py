@@ -54,7 +54,8 @@ setup(
         "scipy",  # BCa bootstrap and false-discovery control (did); needs no torch
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "setuptools>=61", "wheel", "httpx"],
+        # httpx: Starlette's test client; playwright drives the system Chromium in the explorer's browser test
+        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "setuptools>=61", "wheel", "httpx", "playwright"],
         # `gandid serve`: none of these depends on torch
         "serve": ["starlette>=0.37", "uvicorn>=0.29", "pillow"],
     },
