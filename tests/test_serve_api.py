@@ -337,3 +337,23 @@ def test_cli_refuses_a_folder_without_a_run_and_warns_off_localhost(tmp_path, mo
     assert "warning" in err and "no authentication" in err and calls == [{"host": "0.0.0.0", "port": 9999,
                                                                           "log_level": "warning"}]
     assert cli.main(["serve", str(tmp_path), "--port", "0"]) == 2
+
+
+def test_an_interrupted_run_is_served_with_what_it_finished(tmp_path):
+    reg = build_run(tmp_path / "run")
+    record_path = tmp_path / "run" / "run.json"
+    record = json.loads(record_path.read_text())
+    record["status"] = "interrupted"
+    for name in ("ace", "did", "entangle"):  # as if stopped during ace, before its result was written
+        record["stages"][name] = {"status": "interrupted"} if name == "ace" else {"status": "pending"}
+        (tmp_path / "run" / f"{name}.json").unlink()
+    record_path.write_text(json.dumps(record))
+    client = TestClient(create_app(tmp_path / "run", registry=reg, device="cpu"))
+    info = client.get("/api/run").json()
+    assert info["status"] == "interrupted" and info["did_sites"] is None
+    assert {n: a["result"] for n, a in info["analyses"].items()} == {
+        "dissect": True, "ace": False, "did": False, "entangle": False}
+    r = client.get("/api/results/ace")
+    assert r.status_code == 404 and "dissect" in r.json()["error"]
+    arms = client.post("/api/arms", json=GOOD).json()  # no DID result: every controllable site from the layer on
+    assert arms["sites"] == ["paint.norm"] and len(arms["arms"]) == 4
