@@ -86,6 +86,7 @@ def test_run_info_describes_the_run_and_its_results(served):
     assert {name: a["result"] for name, a in info["analyses"].items()} == {
         "dissect": True, "ace": True, "did": True, "entangle": True}
     assert info["did_sites"] == json.loads((out / "did.json").read_text())["sites"]
+    assert info["files"] == record["files"] and info["arm_titles"]["original"] == "Y(β,u)"
     assert info["limits"]["queue"] == 4
 
 

@@ -129,7 +129,7 @@ class Explorer:
             "colours": self.colours.tolist(),
             "analyses": {name: {"status": (stage or {}).get("status"), "result": self._result_path(name) is not None}
                          for name, stage in stages.items()},
-            "did_sites": self._did_sites(), "arm_titles": dict(ARM_TITLES),
+            "did_sites": self._did_sites(), "arm_titles": dict(ARM_TITLES), "files": list(self.record.get("files") or []),
             "limits": {"max_sample": MAX_SAMPLE, "max_images": MAX_IMAGES, "max_value": MAX_VALUE},
         }
 
@@ -157,9 +157,12 @@ class Explorer:
             raise NotFound(f"no file {relative!r} in this run (only the files run.json lists are served)")
         return path
 
-    def _did_sites(self) -> list[str] | None:
+    def _did_sites(self, layer: str | None = None) -> list[str] | None:
+        """The norm sites the run's DID controlled (for an edit at another layer than the DID's: None, the
+        default sites from that layer on)."""
         try:
-            return list(self.result("did")["sites"])
+            did = self.result("did")
+            return None if layer is not None and did["layer"] != layer else list(did["sites"])
         except (NotFound, KeyError, TypeError, ValueError):
             return None
 
@@ -301,7 +304,7 @@ class Explorer:
         """The four DID arms of the edit (one batched engine call) and ΔY."""
         started = time.perf_counter()
         iv, values = self._intervention(edit)
-        sites = self._did_sites()
+        sites = self._did_sites(edit.layer)
         try:
             arms = counterfactuals(self.generator, self._latents([edit.sample]), iv, BetaControl(sites))
         except GandidError as exc:  # e.g. the run's DID sites are not this generator's

@@ -22,6 +22,7 @@ const state = {
   units: { layer: null, sortKey: "unit", sortDir: 1, rows: [] },
   unitPageToken: 0, // a unit page whose images arrive after the user moved on is dropped
   classesRendered: false,
+  pendingSample: null, // a sample chosen on a unit page, taken by Paint when it opens
   paint: { mask: null, h: 0, w: 0, stroke: null, busy: false, sampleToken: 0, layer: null },
 };
 
@@ -56,7 +57,7 @@ function setAttrs(node, attrs) {
 }
 
 function appendAll(node, children) {
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -118,6 +119,8 @@ function pval(x) {
 
 function showMessage(text, kind = "error") {
   const box = $("messages");
+  const last = box.lastElementChild;
+  if (last && last.firstElementChild.textContent === text) return; // the same message again: keep one
   const close = el("button", { type: "button", class: "close", "aria-label": "dismiss", text: "×" });
   const msg = el("div", { class: `message ${kind}` }, el("span", { text }), close);
   close.addEventListener("click", () => msg.remove());
@@ -159,7 +162,8 @@ async function api(path, body) {
     let message = data && typeof data.error === "string" ? data.error : `${response.status} ${response.statusText}`;
     if (response.status === 503) {
       const retry = response.headers.get("Retry-After");
-      message = `the model is busy: ${message}` + (retry ? ` (try again in ${retry} s)` : "");
+      if (!/^busy\b/i.test(message)) message = `the model is busy: ${message}`;
+      if (retry) message += ` (try again in ${retry} s)`;
     }
     throw new ApiError(message, response.status);
   }
@@ -474,8 +478,12 @@ async function showUnitPage(layer, unitText) {
   const unit = Number(unitText);
   const count = unitCount(layer);
   page.append(el("p", {}, el("a", { href: `#units/${encodeURIComponent(layer)}`, text: `← ${layer} units` })));
-  if (!layerInfo(layer) || !Number.isInteger(unit) || unit < 0 || unit >= count) {
-    page.append(el("p", { class: "message error", text: `No unit ${unitText} in layer ${layer}.` }));
+  if (!layerInfo(layer)) {
+    page.append(el("p", { class: "message error", text: `No layer ${layer} in this generator.` }));
+    return;
+  }
+  if (!Number.isInteger(unit) || unit < 0 || unit >= count) {
+    page.append(el("p", { class: "message error", text: `No unit ${unitText} in layer ${layer} (units 0..${count - 1}).` }));
     return;
   }
   const d = (dissectUnits(layer) || []).find((x) => x.unit === unit) || null;
@@ -546,7 +554,8 @@ async function loadUnitImages(layer, unit, d, gallery, token) {
         el("div", { class: "pair" }, image(item.image, `sample ${item.index}`, "pixelated mid"),
           image(item.overlay, `sample ${item.index}, unit ${unit} above its threshold`, "pixelated mid")),
         el("figcaption", {}, el("a", { href: `#paint/${encodeURIComponent(layer)}/${unit}`, text: `sample ${item.index}`,
-          onclick: () => { pendingSample = item.index; } }), ` · area ${pct(item.area)}`)));
+          title: `paint with unit ${unit} on sample ${item.index}`,
+          onclick: () => { state.pendingSample = item.index; } }), ` · area ${pct(item.area)}`)));
     }
   } catch (err) {
     if (token !== state.unitPageToken) return;
@@ -556,8 +565,6 @@ async function loadUnitImages(layer, unit, d, gallery, token) {
 }
 
 // ---------------------------------------------------------------- Paint view
-
-let pendingSample = null; // a sample chosen on a unit page, taken by Paint when it opens
 
 function setupPaint() {
   const layers = (state.run.layers || []).map((l) => l.name);
@@ -715,9 +722,9 @@ function presetPaint(layer, unitsText) {
   onSourceChange();
   setLayer(layer);
   updatePaintUnits();
-  if (pendingSample !== null) {
-    $("paint-sample").value = String(pendingSample);
-    pendingSample = null;
+  if (state.pendingSample !== null) {
+    $("paint-sample").value = String(state.pendingSample);
+    state.pendingSample = null;
     loadSample();
   }
 }
@@ -874,7 +881,9 @@ async function modelRequest(path, body, label) {
   for (const id of ["paint-apply", "paint-arms"]) $(id).disabled = true;
   $("view-paint").classList.add("busy");
   try {
-    return await api(path, body);
+    const answer = await api(path, body);
+    clearMessages(); // earlier errors were about earlier attempts
+    return answer;
   } catch (err) {
     showMessage(`${label}: ${err.message}`);
     return null;
@@ -928,6 +937,15 @@ function swatchFor(label) {
   return swatch;
 }
 
+// the arms laid out as a 2 x 2 table: rows β then β', columns u then u' (the differences ΔY takes)
+const ARM_GRID = ["original", "intervened_fixed_beta", "original_swapped_beta", "intervened"];
+
+function armOrder(arms) {
+  const known = ARM_GRID.filter((name) => name in arms);
+  const rest = Object.keys(arms).filter((name) => !ARM_GRID.includes(name));
+  return [...known, ...rest].map((name) => [name, arms[name]]);
+}
+
 async function requestArms() {
   const body = editBody();
   if (!body) return;
@@ -935,7 +953,7 @@ async function requestArms() {
   if (!answer) return;
   const box = clear($("paint-arms-result"));
   const titles = answer.arm_titles || {};
-  const arms = Object.entries(answer.arms || {}).map(([arm, view]) => el("div", { class: "arm", "data-arm": arm },
+  const arms = armOrder(answer.arms || {}).map(([arm, view]) => el("div", { class: "arm", "data-arm": arm },
     el("h4", {}, titles[arm] || arm, el("span", { class: "muted small", text: ` ${arm.replace(/_/g, " ")}` })),
     el("div", { class: "pair" }, image(view.image, `${arm} image`, "pixelated mid"),
       image(view.segmentation, `${arm} segmentation`, "pixelated mid"))));
@@ -944,11 +962,12 @@ async function requestArms() {
     el("h3", {}, "DID arms ", el("span", { class: "muted small", text: `${describeEdit(body)} · ${fixed(answer.ms, 0)} ms` })),
     el("p", { class: "small muted", text: `β controlled at: ${(answer.sites || []).join(", ") || "—"}. ` +
       "ΔY = [Y(β',u') − Y(β',u)] − [Y(β,u') − Y(β,u)]: what pixel normalisation does beyond the edit." }),
-    el("div", { class: "arms" }, arms),
     el("div", { class: "row" },
-      el("figure", { class: "delta" }, image(did.image, "ΔY heat map", "pixelated mid"),
-        el("figcaption", { text: `ΔY · mean |ΔY| ${fixed(did.mean_abs, 4)}` })),
-      changeTable(did.area, "DID of area", (x) => pp(x))),
+      el("div", { class: "arms" }, arms),
+      el("div", {},
+        el("figure", { class: "delta" }, image(did.image, "ΔY heat map", "pixelated mid"),
+          el("figcaption", { text: `|ΔY| (brighter: more) · mean |ΔY| ${fixed(did.mean_abs, 4)}` })),
+        changeTable(did.area, "DID of area", (x) => pp(x)))),
   );
 }
 
@@ -994,8 +1013,9 @@ function classCard(cls, entry, ace) {
       class: "button", href: "#paint", text: `paint with the top ${Math.min(k, 5)} units`,
       onclick: () => presetClass(cls, Math.min(k, 5)),
     })),
-    ent ? entangleBlock(cls, ent) : null,
-    did ? didBlock(cls, did) : el("p", { class: "muted small", text: "No DID for this class." }),
+    el("div", { class: "row" },
+      did ? didBlock(cls, did) : el("p", { class: "muted small", text: "No DID for this class." }),
+      ent ? entangleBlock(cls, ent) : null),
   );
 }
 
@@ -1038,8 +1058,10 @@ function aceHistogram(entry, k) {
     root.append(svg("path", { d: `M${px},${H - M.b + 3} l-4,7 h8 z`, class: "mark" },
       svg("title", { text: `unit ${u}: ${pp(entry.unit_ace[u])}` })));
   }
-  root.append(...axes(W, H, M, x, y, [lo, 0, hi].filter((v, i, a) => a.indexOf(v) === i), [0, Math.max(...counts)],
-    (v) => pp(v, 2), (v) => String(v), "ACE (pp of the image)", "units"));
+  const ppTicks = niceTicks(100 * lo, 100 * hi, 5).map((t) => t / 100);
+  const digits = Math.max(0, -Math.floor(Math.log10((ppTicks[1] - ppTicks[0]) * 100 || 1)));
+  root.append(...axes(W, H, M, x, y, ppTicks, [0, Math.max(...counts)],
+    (v) => fixed(100 * v, digits, true), (v) => String(v), "ACE (pp of the image)", "units"));
   root.append(svg("line", { x1: x(0), x2: x(0), y1: M.t, y2: H - M.b, class: "zero" }));
   return root;
 }
@@ -1053,13 +1075,24 @@ function ablationCurve(entry) {
   const kmax = Math.max(...points.map((p) => p[0]), 1);
   const ymin = Math.min(0, ...points.map((p) => p[1])), ymax = Math.max(1, ...points.map((p) => p[1]));
   const x = scale(0, kmax, M.l, W - M.r), y = scale(ymin, ymax, H - M.b, M.t);
-  root.append(...axes(W, H, M, x, y, points.map((p) => p[0]), [ymin, 0, 0.5, ymax].filter((v, i, a) => a.indexOf(v) === i),
+  root.append(...axes(W, H, M, x, y, points.map((p) => p[0]), niceTicks(ymin, ymax, 4),
     (v) => String(v), (v) => pct(v, 0), "top-k units ablated", "removed"));
   root.append(svg("polyline", { points: points.map(([a, b]) => `${x(a)},${y(b)}`).join(" "), class: "line" }));
   for (const [a, b] of points) {
     root.append(svg("circle", { cx: x(a), cy: y(b), r: 3, class: "dot" }, svg("title", { text: `top ${a}: ${pct(b, 1)} removed` })));
   }
   return root;
+}
+
+/** About n round tick values covering [lo, hi] (1, 2 or 5 times a power of ten apart). */
+function niceTicks(lo, hi, n = 5) {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / n;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((m) => m >= raw);
+  const ticks = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(Math.abs(t) < step * 1e-9 ? 0 : t);
+  return ticks;
 }
 
 /** x and y axes with tick labels, as SVG elements. */
@@ -1095,10 +1128,10 @@ function didBlock(cls, did) {
     class: [label === cls ? "ablated" : "", a.significant ? "significant" : ""].join(" ").trim() || null,
   },
   el("td", {}, swatchFor(label), label, label === cls ? el("span", { class: "tag", text: "ablated" }) : null),
-  el("td", { class: `num ${a.mean > 0 ? "pos" : a.mean < 0 ? "neg" : ""}`, text: pp(a.mean) }),
+  el("td", { class: `num mean ${a.mean > 0 ? "pos" : a.mean < 0 ? "neg" : ""}`, text: pp(a.mean) }),
   el("td", { class: "num", text: interval(a.ci95, (v) => pp(v)) }),
   el("td", { class: "num", text: pval(a.q) }),
-  el("td", { text: a.significant ? "significant" : "" })));
+  el("td", {}, a.significant ? el("span", { class: "tag", text: "significant", title: "q below the false discovery rate" }) : null)));
   const abl = did.ablation && did.ablation.remaining;
   const summary = [
     `ablating ${(did.units || []).length} units (${(did.units || []).join(", ")}) on ${did.samples} samples`,
