@@ -48,7 +48,7 @@ def summary(seconds: list[float]) -> str:
 def main(argv=None) -> None:
     from gandid.intervene import Intervention, counterfactuals, variants
     from gandid.serve.app import create_app
-    from serve_run import serving
+    from gt_run import serving
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")

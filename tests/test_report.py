@@ -6,18 +6,14 @@ import os
 import re
 import shutil
 import subprocess
-import types
 
 import pytest
 import torch
 
-from gandid import hookimpl
-from gandid.config import RunConfig
-from gandid.registry import Registry
 from gandid.report import (Finding, anchor, esc, fmt, fmt_signed, image, interval, pct, pp, readable, sig,
                            write_report)
-from gandid.runner import run
-from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
+from ground_truth import GroundTruthGenerator
+from gt_run import build_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -27,27 +23,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
-    import gandid_plugins.ace
-    import gandid_plugins.did
-    import gandid_plugins.dissect
-    import gandid_plugins.entangle
-
-    module = types.ModuleType("gt")
-    module.gandid_register_generators = hookimpl(lambda register: register("gt", GroundTruthGenerator))
-    module.gandid_register_segmenters = hookimpl(
-        lambda register: register("gt<script>", GroundTruthSegmenter, description="<b>not bold</b>"))
-    reg = Registry(load_entry_points=False)
-    reg.add_plugin(module, "gt")
-    for mod in (gandid_plugins.dissect, gandid_plugins.ace, gandid_plugins.did, gandid_plugins.entangle):
-        reg.add_plugin(mod, mod.__name__)
     out = tmp_path_factory.mktemp("report") / "out"
-    cfg = RunConfig(generator="gt", segmenter="gt<script>", analysis=["dissect", "ace", "did", "entangle"],
-                    samples=32, batch_size=16, device="cpu", out=str(out), layer=["feat"],
-                    analysis_options={"dissect": {"quantile": 0.9, "fit_samples": 32},
-                                      "ace": {"samples": 8, "top_k": 3, "alpha_steps": 3},
-                                      "did": {"top_k": 1}})
-    result = run(cfg, registry=reg)
-    assert result.status == "completed", result.errors
+    build_run(out, segmenter="gt<script>", description="<b>not bold</b>")  # plugin strings must be escaped
     return out
 
 

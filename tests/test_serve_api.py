@@ -18,7 +18,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from gandid.serve.app import Busy, ModelQueue, create_app  # noqa: E402
 from gandid.serve.explorer import MAX_SAMPLE  # noqa: E402
 from ground_truth import THRESHOLD, GroundTruthGenerator, GroundTruthSegmenter  # noqa: E402
-from serve_run import build_run  # noqa: E402
+from gt_run import build_run  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

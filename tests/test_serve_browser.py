@@ -11,7 +11,7 @@ pytest.importorskip("uvicorn", reason="gandid serve needs the serve extra (uvico
 pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 
 from gandid.serve.app import create_app  # noqa: E402
-from serve_run import build_run, serving  # noqa: E402
+from gt_run import build_run, serving  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"  # Playwright's own browser download is not used: the system Chromium
 pytestmark = [

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 from gandid.serve.app import create_app  # noqa: E402
-from serve_run import build_run, serving  # noqa: E402
+from gt_run import build_run, serving  # noqa: E402
 
 CONCURRENT, ROUNDS = 50, 3
 

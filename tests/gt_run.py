@@ -1,5 +1,5 @@
-"""A small finished run of the ground-truth world (tests/ground_truth.py) for `gandid serve`'s tests:
-every analysis, seconds to build, and the registry that rebuilds its models; and a real server for it."""
+"""A small finished run of the ground-truth world (tests/ground_truth.py), every analysis in seconds, with
+the registry that rebuilds its models (the report's and `gandid serve`'s tests); and a real server for it."""
 import contextlib
 import socket
 import threading
@@ -13,7 +13,8 @@ from gandid.runner import run
 from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
 
 
-def ground_truth_registry() -> Registry:
+def ground_truth_registry(segmenter: str = "gt", description: str = "") -> Registry:
+    """The ground-truth generator ("gt") and segmenter (``segmenter``), and the four analyses."""
     import gandid_plugins.ace
     import gandid_plugins.did
     import gandid_plugins.dissect
@@ -21,7 +22,8 @@ def ground_truth_registry() -> Registry:
 
     module = types.ModuleType("gt")
     module.gandid_register_generators = hookimpl(lambda register: register("gt", GroundTruthGenerator))
-    module.gandid_register_segmenters = hookimpl(lambda register: register("gt", GroundTruthSegmenter))
+    module.gandid_register_segmenters = hookimpl(
+        lambda register: register(segmenter, GroundTruthSegmenter, description=description))
     reg = Registry(load_entry_points=False)
     reg.add_plugin(module, "gt")
     for mod in (gandid_plugins.dissect, gandid_plugins.ace, gandid_plugins.did, gandid_plugins.entangle):
@@ -29,10 +31,10 @@ def ground_truth_registry() -> Registry:
     return reg
 
 
-def build_run(out) -> Registry:
+def build_run(out, segmenter: str = "gt", description: str = "") -> Registry:
     """Run every analysis on the ground-truth world into ``out``; returns the registry to serve it with."""
-    reg = ground_truth_registry()
-    cfg = RunConfig(generator="gt", segmenter="gt", analysis=["dissect", "ace", "did", "entangle"],
+    reg = ground_truth_registry(segmenter, description)
+    cfg = RunConfig(generator="gt", segmenter=segmenter, analysis=["dissect", "ace", "did", "entangle"],
                     samples=32, batch_size=16, device="cpu", out=str(out), layer=["feat"],
                     analysis_options={"dissect": {"quantile": 0.9, "fit_samples": 32},
                                       "ace": {"samples": 8, "top_k": 3, "alpha_steps": 3},
