@@ -248,10 +248,10 @@ class Explorer:
     def unit_images(self, layer, unit, threshold, samples) -> dict:
         """The unit's map above ``threshold`` outlined on each sample, in one batched pass."""
         info = self.layer(layer)
-        unit = _integer({"unit": _as_int(unit, "unit")}, "unit", 0, info.channels)
-        threshold = _number(_as_float(threshold, "threshold"), "threshold", -1e30, 1e30)
+        unit = _integer({"unit": _parsed(unit, "unit", int)}, "unit", 0, info.channels)
+        threshold = _number(_parsed(threshold, "threshold", float), "threshold", -1e30, 1e30)
         if isinstance(samples, str):
-            samples = [_as_int(s, "samples") for s in samples.split(",") if s.strip()]
+            samples = [_parsed(s, "samples", int) for s in samples.split(",") if s.strip()]
         if not isinstance(samples, list) or not 0 < len(samples) <= MAX_IMAGES:
             raise BadRequest(f"'samples' must list 1 to {MAX_IMAGES} sample indices")
         indices = [self.sample_index(s) for s in samples]
@@ -326,21 +326,13 @@ class Explorer:
                 "ms": round(1000 * (time.perf_counter() - started), 1)}
 
 
-def _as_int(value, name: str):
+def _parsed(value, name: str, kind: type):
+    """A query-string parameter as ``kind`` (int or float); other values are left to the range checks."""
     if isinstance(value, str):
         try:
-            return int(value)
+            return kind(value)
         except ValueError:
-            raise BadRequest(f"{name!r} must be an integer, got {value!r}") from None
-    return value
-
-
-def _as_float(value, name: str):
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise BadRequest(f"{name!r} must be a number, got {value!r}") from None
+            raise BadRequest(f"{name!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
     return value
 
 
