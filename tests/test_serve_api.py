@@ -15,6 +15,7 @@ pytest.importorskip("httpx")
 from PIL import Image  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
+from gandid.errors import GandidError  # noqa: E402
 from gandid.serve.app import Busy, ModelQueue, create_app  # noqa: E402
 from gandid.serve.explorer import MAX_SAMPLE  # noqa: E402
 from ground_truth import THRESHOLD, GroundTruthGenerator, GroundTruthSegmenter  # noqa: E402
@@ -358,3 +359,13 @@ def test_an_interrupted_run_is_served_with_what_it_finished(tmp_path):
     assert r.status_code == 404 and "dissect" in r.json()["error"]
     arms = client.post("/api/arms", json=GOOD).json()  # no DID result: every controllable site from the layer on
     assert arms["sites"] == ["paint.norm"] and len(arms["arms"]) == 4
+
+
+def test_missing_weights_say_where_relative_paths_are_read_from(tmp_path):
+    reg = build_run(tmp_path / "run")
+    record_path = tmp_path / "run" / "run.json"
+    record = json.loads(record_path.read_text())
+    record["config"]["generator_options"] = {"weights": "G.pth"}  # ground truth takes no weights: a config error
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(GandidError, match="relative to the folder `gandid run` was started in"):
+        create_app(tmp_path / "run", registry=reg, device="cpu")

@@ -125,7 +125,9 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
         return FileResponse(STATIC / name, headers=HEADERS)
 
     async def run_info(request):
-        return JSONResponse(dict(explorer.info(), limits=dict(explorer.info()["limits"], queue=queue)))
+        info = explorer.info()
+        info["limits"]["queue"] = queue
+        return JSONResponse(info)
 
     async def result(request):
         return JSONResponse(explorer.result(request.path_params["analysis"]))

@@ -106,7 +106,12 @@ class Explorer:
             raise GandidError(f"{record_path} is damaged or from another gandid ({exc}): serve a run written by "
                               "this version, or run it again") from None
         self.device = resolve_device(device)
-        self.generator, self.segmenter = build_models(registry or get_registry(), self.config, self.device)
+        try:
+            self.generator, self.segmenter = build_models(registry or get_registry(), self.config, self.device)
+        except GandidError as exc:
+            raise type(exc)(f"{exc} (rebuilding the models of {str(run_dir)!r} from its run.json: relative weight paths "
+                            "there are relative to the folder `gandid run` was started in; start `gandid serve` "
+                            "there)") from None
         if self.segmenter is None:
             raise GandidError(f"the run in {str(run_dir)!r} has no segmenter: serve needs one to show segmentations")
         for model in (self.generator, self.segmenter):
@@ -120,7 +125,7 @@ class Explorer:
     def info(self) -> dict:
         stages = self.record.get("stages") or {}
         gen = self.generator
-        return {
+        return {  # the JSON API's /api/run (docs/serve.md)
             "name": self.run_dir.name, "status": self.record.get("status"), "generator": self.config.generator,
             "segmenter": self.config.segmenter, "seed": self.config.seed, "samples": self.config.samples,
             "resolution": gen.resolution, "device": self.device,
