@@ -340,6 +340,7 @@ class Session:
         import torch
 
         from .plotting import pyplot
+        from .segmentation import label_planes
 
         plt = pyplot()
 
@@ -353,7 +354,8 @@ class Session:
             r, c = (i // (n // 2)) * (rows // 2), i % (n // 2)
             axes[r][c].imshow(((images[i] + 1) / 2).permute(1, 2, 0).numpy())
             if labels is not None:
-                axes[r + 1][c].imshow(labels[i].numpy(), cmap="tab20", vmin=0, vmax=19, interpolation="nearest")
+                axes[r + 1][c].imshow(label_planes(labels)[i, 0].numpy(), cmap="tab20", vmin=0, vmax=19,
+                                      interpolation="nearest")  # a multi-label segmentation's first plane
         for ax in axes.ravel():
             ax.axis("off")
         fig.tight_layout()

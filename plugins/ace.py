@@ -28,7 +28,7 @@ from gandid.intervene import Intervention, per_unit, units_per_chunk, variants
 from gandid.model import find_layer
 from gandid.ops import intervene_pixelnorm
 from gandid.ops.reference import intervene
-from gandid.segmentation import class_fractions
+from gandid.segmentation import class_fractions, label_planes, presence
 from gandid.stats import Histogram, Sum
 
 
@@ -225,7 +225,7 @@ class ACE:
                                description=f"ace {layer}: statistics"):
             feats = batch.features[layer].double()
             b, _, h, w = feats.shape
-            onehot = F.one_hot(batch.labels.long(), classes).permute(0, 3, 1, 2).double()
+            onehot = presence(batch.labels, classes, torch.float64)  # (B, C, H, W)
             stats["area"].update(onehot.mean((2, 3)).sum(0))
             present = (F.adaptive_avg_pool2d(onehot, (h, w)) > 0.5).double()  # (B, C, h, w)
             stats["act_sum"].update(torch.einsum("buhw,bchw->uc", feats, present))
@@ -268,7 +268,7 @@ class ACE:
                       and labels[c] not in skip]
         z = gen.sample_z(self.samples, ctx.config.seed).to(ctx.device)
         with torch.no_grad():
-            original = seg.segment(gen.forward(z))  # (N, H, W) labels, read by every class's context gain
+            original = seg.segment(gen.forward(z))  # (N, [K,] H, W) labels, read by every class's context gain
         base = class_fractions(original, len(labels))  # (N, C)
         order = {c: list(range(units)) for c in chosen}
         if self.screen and chosen:
@@ -466,7 +466,7 @@ class ACE:
 
     def context_gain(self, gen, seg, z, layer, units, value, c, labels, orig):
         """Insert the top units at one feature-map pixel; mean gain of class c by the class found there.
-        orig: (N, H, W) labels of the unedited images of z."""
+        orig: (N, [K,] H, W) labels of the unedited images of z."""
         info = find_layer(gen, layer)
         h, w = info.size
         g = torch.Generator().manual_seed(0)
@@ -484,14 +484,17 @@ class ACE:
         for chunk, images in variants(gen, z, ivs):
             gain[chunk] = block_fractions(seg, images, len(labels))[:, :, c] - before
         big_h, big_w = orig.shape[-2:]
+        first = label_planes(orig)[:, 0]  # a multi-label segmentation's first plane: what is there (its object)
         context = []
         for p in locations:
             y, x = (p // w) * big_h // h, (p % w) * big_w // w
-            patch = orig[:, y:y + max(1, big_h // h), x:x + max(1, big_w // w)].reshape(n, -1)
+            patch = first[:, y:y + max(1, big_h // h), x:x + max(1, big_w // w)].reshape(n, -1)
             context.append(patch.mode(1).values)
         context, gain = torch.cat(context), gain.flatten()
         out = {}
         for k in context.unique().tolist():
+            if k < 0:  # no label in that plane there
+                continue
             sel = context == k
             out[labels[k]] = {"mean_gain": float(gain[sel].mean()), "count": int(sel.sum())}
         return out

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from gandid import hookimpl
+from gandid.segmentation import distinct_planes, presence
 from gandid.stats import Histogram, Sum, TopK
 
 FIT_SEED_OFFSET = 1_000_003  # the fit set's seed: config seed + this, so fit and test samples differ
@@ -63,8 +64,9 @@ def raw_pixels(features: torch.Tensor) -> torch.Tensor:
 
 
 def one_hot_pixels(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """(B, H, W) int labels -> (B*H*W, C) float one-hot."""
-    return F.one_hot(labels.reshape(-1).long(), classes).float()
+    """(B, [K,] H, W) int labels -> (B*H*W, C) float, 1 where the pixel shows the class (multi-hot for a
+    multi-label segmentation)."""
+    return presence(labels, classes, torch.float32).permute(0, 2, 3, 1).reshape(-1, classes)
 
 
 class Categories:
@@ -78,8 +80,8 @@ class Categories:
         self.of_label = torch.tensor([self.names.index(named.get(label, "object")) for label in labels])
 
     def in_images(self, labels: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) labels -> (B, K) float: 1 where the image contains a label of category k."""
-        present = F.one_hot(labels.reshape(len(labels), -1).long(), len(self.of_label)).amax(1)  # (B, L)
+        """(B, [K,] H, W) labels -> (B, K) float: 1 where the image contains a label of category k."""
+        present = presence(labels, len(self.of_label), torch.long).flatten(2).amax(2)  # (B, L)
         of_label = F.one_hot(self.of_label.to(labels.device), len(self.names))  # (L, K)
         return (present @ of_label).clamp_max(1).double()
 
@@ -268,10 +270,12 @@ class Dissect:
             # the tensors of the statistics (a resume or a merge replaces them: look them up each batch)
             by_label, by_cat = stats["by_label"].total, stats["by_cat"].total
             feats, labels = batch.features[layer], batch.labels
-            b, pixels = len(labels), labels[0].numel()
-            lab = labels.reshape(-1).long()
+            b, pixels = len(labels), labels.shape[-2] * labels.shape[-1]
+            # one (pixel, label) pair per label a pixel shows: a plane of labels, then the pairs of the next
+            planes = [plane.reshape(-1) for plane in distinct_planes(labels).unbind(1)]  # K x (P,)
             in_cat = categories.in_images(labels)  # (B, K)
-            stats["label_pixels"].update(torch.bincount(lab, minlength=n_labels))
+            for lab in planes:
+                stats["label_pixels"].update(torch.bincount(lab[lab >= 0], minlength=n_labels))
             stats["category_pixels"].update(in_cat.sum(0) * pixels)
             stats["all_pixels"].update(b * pixels)
             image = torch.arange(b, device=dev).repeat_interleave(pixels)  # (P,): which image each pixel is in
@@ -281,7 +285,13 @@ class Dissect:
                 # levels[v] exactly when v >= V - below.
                 below = torch.searchsorted(ascending[lo:lo + len(up)], up.contiguous(), side="left")
                 ones = torch.ones_like(below, dtype=torch.float64)
-                by_label[lo:lo + len(up)].scatter_add_(1, lab[None, :] * (n_levels + 1) + below, ones)
+                for lab in planes:
+                    shown = lab >= 0
+                    if bool(shown.all()):
+                        by_label[lo:lo + len(up)].scatter_add_(1, lab[None, :] * (n_levels + 1) + below, ones)
+                    else:
+                        by_label[lo:lo + len(up)].scatter_add_(1, lab[None, shown] * (n_levels + 1) + below[:, shown],
+                                                               ones[:, shown])
                 per_image = torch.zeros(len(up), b * (n_levels + 1), dtype=torch.float64, device=dev)
                 per_image.scatter_add_(1, image[None, :] * (n_levels + 1) + below, ones)
                 by_cat[lo:lo + len(up)] += torch.einsum("ubv,bk->ukv", per_image.view(len(up), b, n_levels + 1),
@@ -324,7 +334,7 @@ class Dissect:
             feats = batch.features[layer]
             onehot = one_hot_pixels(batch.labels, classes)  # (P, C)
             in_cat = categories.in_images(batch.labels).float()  # (B, K)
-            b, pixels = len(batch.labels), batch.labels[0].numel()
+            b, pixels = len(batch.labels), batch.labels.shape[-2] * batch.labels.shape[-1]
             cls.update(onehot.sum(0))
             category_pixels.update(in_cat.sum(0) * pixels)
             top.update(feats.flatten(2).amax(2).transpose(0, 1), torch.as_tensor(list(batch.seeds)))

@@ -23,7 +23,7 @@ from ..intervene import ARM_TITLES, BetaControl, Intervention, counterfactuals, 
 from ..model import find_layer
 from ..registry import Registry, get_registry
 from ..runner import build_models, resolve_device
-from ..segmentation import class_fractions
+from ..segmentation import class_fractions, label_planes
 
 MAX_SAMPLE = 2 ** 31  # sample i is latent i of the run's seed: any non-negative index is valid
 MAX_IMAGES = 16  # samples per unit-images request
@@ -234,13 +234,16 @@ class Explorer:
         return torch.cat(rows).to(self.device)
 
     def _segment(self, images: torch.Tensor) -> torch.Tensor:
-        labels = self.segmenter.segment(images)
-        return labels[:, 0] if labels.dim() == 4 else labels  # multi-label: its first (object) layer
+        """(N, K, H, W) labels (K = 1 for a single-label segmenter)."""
+        return label_planes(self.segmenter.segment(images))
 
     def _view(self, image: torch.Tensor, labels: torch.Tensor) -> dict:
+        """An image, the colours of its segmentation's first plane (black where it has no label) and the
+        share of pixels showing each class in any plane. labels: (K, H, W)."""
         areas = class_fractions(labels.unsqueeze(0), len(self.labels))[0]
-        return {"image": png_data_url(to_rgb(image)),
-                "segmentation": png_data_url(self.colours[labels.long().cpu()].permute(2, 0, 1)),
+        first = labels[0].cpu()
+        colours = self.colours[first.clamp_min(0)] * (first >= 0).unsqueeze(-1).to(torch.uint8)
+        return {"image": png_data_url(to_rgb(image)), "segmentation": png_data_url(colours.permute(2, 0, 1)),
                 "areas": {name: round(float(a), 6) for name, a in zip(self.labels, areas) if a > 0}}
 
     @torch.no_grad()
