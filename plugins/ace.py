@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from gandid import hookimpl
 from gandid.analysis import read_result
+from gandid.errors import ConfigError
 from gandid.hooks import features_at, norm_overrides, norm_site_reading
 from gandid.intervene import Intervention, per_unit, units_per_chunk, variants
 from gandid.model import find_layer
@@ -200,8 +201,16 @@ class ACE:
                                                                             screen_min_correlation)
 
     def check(self, generator, segmenter, layers):
-        """Before any work: the class names exist in the segmenter's vocabulary."""
+        """Before any work: the class names exist in the segmenter's vocabulary, and the screen and the α
+        optimisation (both follow gradients of ``class_scores``) have a differentiable segmenter."""
         check_class_names("ace", self.classes, segmenter)
+        needing = {name: off for name, on, off in (("screen", self.screen, "false"),
+                                                    ("alpha_steps", self.alpha_steps > 0, "0")) if on}
+        if needing and getattr(segmenter, "differentiable", True) is False:
+            settings = ", ".join(f"{name} = {off}" for name, off in needing.items())
+            raise ConfigError(f"ace: the segmenter gives no gradients (its class_scores is not differentiable), and "
+                              f"{' and '.join(needing)} follow them: set {settings} under [analysis_options.ace] "
+                              "(every unit is then measured exactly, and GAN Dissection's α optimisation is skipped)")
 
     # -- statistics: class areas and per-unit activation where each class is present ---------------
     def class_statistics(self, ctx, layer, classes):

@@ -1,6 +1,8 @@
-"""Multi-label segmentations ((B, K, H, W): object, part, material planes, -1 where a plane has no label)
-through the shared measurements and the analyses: against plain loops, invariant to repeating a plane
-or adding an empty one, and dissection's IoU with a label that only a second plane holds, recomputed here."""
+"""What the analyses take from segmenters beyond one label per pixel. Multi-label segmentations
+((B, K, H, W): object, part, material planes, -1 where a plane has no label) through the shared
+measurements and the analyses: against plain loops, invariant to repeating a plane or adding an empty
+one, and dissection's IoU with a label that only a second plane holds, recomputed here. And a segmenter
+without gradients (ONNX), which ACE's screen and α optimisation cannot follow."""
 import json
 import types
 
@@ -73,7 +75,7 @@ class PlanesSegmenter(GroundTruthSegmenter):
         return super().class_scores(images, c)
 
 
-def run_with(tmp_path, name, segmenter_class, mode="quantile"):
+def run_with(tmp_path, name, segmenter_class, mode="quantile", ace=None):
     module = types.ModuleType(name)
     module.gandid_register_generators = hookimpl(lambda register: register("gt", GroundTruthGenerator))
     module.gandid_register_segmenters = hookimpl(lambda register: register("seg", segmenter_class))
@@ -90,7 +92,7 @@ def run_with(tmp_path, name, segmenter_class, mode="quantile"):
                     device="cpu", out=str(out), layer=["feat"],
                     analysis_options={"dissect": {"quantile": 0.9, "fit_samples": 32, "threshold_mode": mode},
                                       "ace": {"samples": 8, "top_k": 3, "alpha_steps": 3,
-                                              "classes": ["red", "blue", "yellow"]},
+                                              "classes": ["red", "blue", "yellow"], **(ace or {})},
                                       "did": {"top_k": 1}})
     result = run(cfg, registry=reg)
     assert result.status == "completed", result.errors
@@ -136,3 +138,16 @@ def test_dissection_iou_with_a_second_plane_label_recomputed_here(tmp_path):
     # unit 0 paints red in the top-left square: all of it is in the upper half
     assert units[0]["iou_per_class"]["upper"] > 0
     assert got["categories"] == ["object", "part"] and got["category_conditioned"]
+
+
+def test_ace_refuses_a_segmenter_without_gradients_when_screening_or_optimising_alpha(tmp_path):
+    """An ONNX-like segmenter (differentiable = False): the screen and the α optimisation are refused before
+    any work, naming the settings that run ACE without them; with them, ACE runs."""
+    from gandid.errors import ConfigError
+
+    no_gradients = type("NoGradients", (GroundTruthSegmenter,), {"differentiable": False})
+    with pytest.raises(ConfigError, match="screen = false, alpha_steps = 0"):
+        run_with(tmp_path, "refused", no_gradients)
+    assert not (tmp_path / "refused" / "ace.json").exists()
+    exhaustive = run_with(tmp_path, "exhaustive", no_gradients, ace={"screen": False, "alpha_steps": 0})["ace"]
+    assert all(entry["screen"]["enabled"] is False for entry in exhaustive["classes"].values())
