@@ -7,6 +7,16 @@ intervention is fused into the pixel norm that reads the intervened layer, and �
 rows (``beta_src``) or replayed from a recording (``beta_in``) at the controlled sites. Hooks go
 through :mod:`gandid.hooks`; the data types live in :mod:`gandid.interventions`, the memory policy in
 :mod:`gandid.buffers`.
+
+What is recorded, borrowed and replayed per norm kind ("β" in names stands for all of them):
+
+- ``pixelnorm``: β (N, 1, h, w), through the fused op;
+- ``demod`` (StyleGAN2's weight demodulation): the coefficients d (N, out);
+- ``instancenorm`` (StyleGAN's AdaIN before its style affine): the statistics (N, 2, C), means in
+  ``[:, 0]`` and stds ``sqrt(var + eps)`` in ``[:, 1]`` (see :class:`gandid.model.InstanceNorm`).
+
+The last two are per-row coefficient tensors that the site's module hands to its ``override``: the
+engine records them, swaps rows (``d[beta_src]``) or substitutes a recording, in plain PyTorch.
 """
 from __future__ import annotations
 
@@ -40,13 +50,18 @@ def _norm_fn(site: str, pool: BufferPool | None, record: dict | None = None, **o
     return fn
 
 
-def _demod_fn(site: str, record: dict | None = None, beta_src=None, beta_in=None):
-    """Weight-demodulation coefficients d (N, out): recorded, borrowed (d[beta_src]) or replayed."""
+def _coefficient_fn(site: str, record: dict | None = None, beta_src=None, beta_in=None):
+    """A site's per-row coefficients (demod d (N, out), instance-norm statistics (N, 2, C)): recorded,
+    borrowed (d[beta_src]: row i uses row beta_src[i]'s own coefficients) or replayed."""
 
     def fn(d):
         if record is not None:
             record[site] = d.detach().clone()
         if beta_in is not None:
+            if tuple(beta_in.shape) != tuple(d.shape):
+                raise ValueError(f"replayed coefficients for norm site {site!r} have shape {tuple(beta_in.shape)}, "
+                                 f"but this pass computes {tuple(d.shape)} there (a recording of another batch "
+                                 "size or another generator?)")
             return beta_in.to(d)
         return d if beta_src is None else d[beta_src]
 
@@ -57,8 +72,12 @@ def _pixelnorm_sites(generator: Generator) -> list[str]:
     return [s.name for s in generator.norm_sites if s.kind == "pixelnorm"]
 
 
-def _demod_sites(generator: Generator) -> list[str]:
-    return [s.name for s in generator.norm_sites if s.kind == "demod"]
+# Kinds whose module hands per-row coefficients to its override (see the module docstring).
+COEFFICIENT_KINDS = ("demod", "instancenorm")
+
+
+def _coefficient_sites(generator: Generator) -> list[str]:
+    return [s.name for s in generator.norm_sites if s.kind in COEFFICIENT_KINDS]
 
 
 def _single_layer(interventions: Sequence[Intervention]) -> str:
@@ -98,9 +117,9 @@ def _expanded(generator, z, layer, interventions, repeats, rows_mask, beta_src, 
                           region=iv.region_mask(n, repeats, x.device), rows=rows_mask)
         fns[site] = _norm_fn(site, pool, **kwargs)
     if beta_src is not None:
-        for site in _demod_sites(generator):
+        for site in _coefficient_sites(generator):
             if site in controlled:
-                fns[site] = _demod_fn(site, beta_src=beta_src)
+                fns[site] = _coefficient_fn(site, beta_src=beta_src)
     with norm_overrides(generator, fns):
         return generator.forward_from(layer, x, zz)
 
@@ -157,14 +176,15 @@ def run_with_betas(generator: Generator, z: torch.Tensor, intervention=(), beta_
     """One forward pass with optional interventions and recorded β replayed at some sites.
 
     Returns ``(images, betas)`` where ``betas`` maps every pixel-norm site to each row's own β (N, 1, h, w),
-    and every demod site to its coefficients (N, out), when ``record`` is set (else {}). Replaying ``beta_in`` = {site: β} is how designs that need two
-    passes (or β from another run) are built.
+    every demod site to its coefficients (N, out) and every instance-norm site to its statistics
+    (N, 2, C) (means, then stds), when ``record`` is set (else {}). Replaying ``beta_in`` = {site: β}
+    (the same shapes) is how designs that need two passes (or β from another run) are built.
     """
     interventions = _as_list(intervention)
     for iv in interventions:
         iv.check(generator)
     beta_in = dict(beta_in or {})
-    known = set(_pixelnorm_sites(generator)) | set(_demod_sites(generator))
+    known = set(_pixelnorm_sites(generator)) | set(_coefficient_sites(generator))
     for site in beta_in:
         if site not in known:
             raise UnknownNameError("controllable norm site", site, sorted(known))
@@ -172,8 +192,8 @@ def run_with_betas(generator: Generator, z: torch.Tensor, intervention=(), beta_
     fns = {}
     for site in _pixelnorm_sites(generator):
         fns[site] = _norm_fn(site, None, recorded, backend=backend, beta_in=beta_in.get(site))
-    for site in _demod_sites(generator):
-        fns[site] = _demod_fn(site, recorded, beta_in=beta_in.get(site))
+    for site in _coefficient_sites(generator):
+        fns[site] = _coefficient_fn(site, recorded, beta_in=beta_in.get(site))
     edits = {}
     for iv in interventions:
         previous = edits.get(iv.layer)

@@ -6,11 +6,12 @@ Every hook in gandid and its first-party plugins goes through this module:
   stops the forward pass once the last traced layer has run (``stop=True``);
 - :func:`features_at` is ``Trace(stop=True)`` for one layer: the prefix of the network, nothing more;
 - :func:`norm_overrides` replaces what norm sites compute (pixel norm's division by β, weight
-  demodulation's coefficients) for the duration of a ``with`` block;
+  demodulation's coefficients, instance norm's statistics) for the duration of a ``with`` block;
 - :func:`norm_site_reading` names the pixel-norm site that reads a layer's output directly.
 
-Norm-site modules (:class:`gandid.model.PixelNorm`, a generator's own demodulating conv) expose an
-``override`` attribute that they consult in ``forward``; only :func:`norm_overrides` sets it.
+Norm-site modules (:class:`gandid.model.PixelNorm`, :class:`gandid.model.InstanceNorm`, a generator's
+own demodulating conv) expose an ``override`` attribute that they consult in ``forward``; only
+:func:`norm_overrides` sets it.
 """
 from __future__ import annotations
 
@@ -92,8 +93,9 @@ def norm_overrides(generator: Generator, fns: Mapping[str, Callable]):
     """Within the block, norm site ``site`` computes ``fns[site](x)`` instead of its own formula.
 
     For a pixel-norm site ``fn`` maps the layer output x (N, C, h, w) to the normalised output; for a
-    demodulation site it maps the coefficients d (N, out) to the coefficients used. Removed on exit,
-    also when the block raises.
+    demodulation site it maps the coefficients d (N, out) to the coefficients used; for an
+    instance-norm site the statistics (N, 2, C) (means, stds) to the statistics used. Removed on
+    exit, also when the block raises.
     """
     modules = []
     try:
@@ -101,7 +103,8 @@ def norm_overrides(generator: Generator, fns: Mapping[str, Callable]):
             module = generator.norm_module(site)
             if not hasattr(module, "override"):
                 raise TypeError(f"norm site {site!r} ({type(module).__name__}) has no 'override' attribute; the "
-                                "engine cannot control it (pixel norms should be gandid.model.PixelNorm)")
+                                "engine cannot control it (pixel norms should be gandid.model.PixelNorm, instance norms "
+                                "gandid.model.InstanceNorm)")
             module.override = fn
             modules.append(module)
         yield

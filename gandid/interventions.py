@@ -16,9 +16,10 @@ from .errors import UnknownNameError
 from .model import Generator, find_layer
 from .ops.reference import intervene
 
-# Norm kinds the engine can record and override: pixel norm through the fused op, weight
-# demodulation (StyleGAN2; coefficients d of shape (N, out)) in plain PyTorch.
-CONTROLLABLE = ("pixelnorm", "demod")
+# Norm kinds the engine can record and override: pixel norm through the fused op; weight
+# demodulation (StyleGAN2; coefficients d of shape (N, out)) and instance norm (StyleGAN's AdaIN;
+# per-sample, per-channel mean and std, (N, 2, C)) in plain PyTorch.
+CONTROLLABLE = ("pixelnorm", "demod", "instancenorm")
 
 
 @dataclass
@@ -94,8 +95,9 @@ class Intervention:
 class BetaControl:
     """Which norm sites have β controlled in a DID.
 
-    ``sites=None``: every pixel-norm (and weight-demodulation) site from the one that reads the
-    intervened layer to the output (the papers control layers 4 to 13 of PG-GAN); or a list of names.
+    ``sites=None``: every pixel-norm (and weight-demodulation and instance-norm) site from the one
+    that reads the intervened layer to the output (the papers control layers 4 to 13 of PG-GAN); or
+    a list of names.
     """
 
     sites: Sequence[str] | None = None

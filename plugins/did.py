@@ -1,4 +1,6 @@
-"""`did`: what pixel normalisation does under ablation (Liu et al., "Difference-in-Differences").
+"""`did`: what pixel normalisation does under ablation (Liu et al., "Difference-in-Differences"), and
+likewise instance normalisation (StyleGAN's AdaIN) or weight demodulation, whichever the controlled
+norm sites are (``site_kinds`` in the result; the report names them).
 
 For each class: ablate its top-k ACE units at the layer and run the four arms in one pass with β
 controlled from the intervened layer on. Pixel space: ΔY = [Y(β',u') - Y(β',u)] - [Y(β,u') - Y(β,u)]
@@ -51,9 +53,26 @@ class DidResult(TypedDict):
     version: int
     layer: str
     sites: list[str]
+    # also "site_kinds": list[str], the sites' norm kinds (not required: results written before it lack it)
     top_k: int
     arm_titles: dict[str, str]  # arm name -> Y(β,u)-style title
     classes: dict[str, DidClassResult]
+
+
+NORM_NAMES = {"pixelnorm": "pixel norm", "instancenorm": "instance norm", "demod": "weight demodulation"}
+
+
+def site_kinds(generator, sites) -> list[str]:
+    """The kinds of the controlled norm sites, in the order they first appear."""
+    kind = {s.name: s.kind for s in generator.norm_sites}
+    return list(dict.fromkeys(kind[s] for s in sites))
+
+
+def norm_name(kinds) -> str:
+    """The controlled normalisation in words; results written before ``site_kinds`` existed are pixel norm's."""
+    if kinds is None:
+        return "pixel norm"
+    return " and ".join(NORM_NAMES.get(k, k) for k in kinds) or "normalisation"
 
 
 def ablation_effect(before_after: torch.Tensor, c: int, labels, seed: int, resamples: int = 2000) -> dict:
@@ -135,8 +154,8 @@ class DID:
         control = BetaControl(self.sites)
         sites = control.resolve(gen, layer)
         pool = BufferPool()
-        result = {"version": RESULT_VERSION, "layer": layer, "sites": sites, "top_k": self.top_k,
-                  "arm_titles": dict(ARM_TITLES), "classes": {}}
+        result = {"version": RESULT_VERSION, "layer": layer, "sites": sites, "site_kinds": site_kinds(gen, sites),
+                  "top_k": self.top_k, "arm_titles": dict(ARM_TITLES), "classes": {}}
         image_shape = generator_output_shape(gen)
         # Y(β,u) is the same image for every class (same latents, same rows of the same pass, no
         # intervention in its rows): segment it once per sample and reuse its areas for the later classes
@@ -186,7 +205,7 @@ class DID:
                 st = {"panel_samples": self.panel_samples(stats), "panel_present": int(stats["present"].total),
                       "done": done}
                 self.draw_map(ctx, name, dy_abs_sum / n)
-                self.draw_panels(ctx, name, labels, st, iv, control)
+                self.draw_panels(ctx, name, labels, st, iv, control, norm_name(result["site_kinds"]))
             result["classes"][name] = entry
         return result
 
@@ -204,7 +223,7 @@ class DID:
         top = stats["panels"]
         return [[float(v), int(i)] for v, i in zip(top.values[0], top.ids[0]) if v > 0]
 
-    def draw_panels(self, ctx, name, labels, st, iv, control):
+    def draw_panels(self, ctx, name, labels, st, iv, control, norm="pixel norm"):
         """The four arms, the two inner differences and ΔY for a few samples (the paper's Figure 4):
         the samples where the ablated class covers the largest area, regenerated from their seeds;
         samples without it fill the rows only when fewer than ``panels`` contain it, and say so."""
@@ -249,7 +268,7 @@ class DID:
         for spine in ax.spines.values():
             spine.set_visible(False)
         present = st.get("panel_present")
-        title = f"DID of pixel norm, top units of {name} ablated: the samples with the most {name}"
+        title = f"DID of {norm}, top units of {name} ablated: the samples with the most {name}"
         if present is not None and present < len(chosen):
             title += f"\n(only {present} of {st['done']} samples contain {name})"
         fig.suptitle(title, fontsize=8)
@@ -286,19 +305,20 @@ class DID:
             return (f"{link(anchor('did', name), name)} ablated: {what} <b>{esc(pp(v['mean']))}</b> "
                     f"{esc(interval(*v['ci95']))}")
 
+        norm = norm_name(result.get("site_kinds"))
         found = []
         up = sorted((t for t in effects if t[2]["significant"] and t[2]["mean"] > 0), key=lambda t: -t[2]["mean"])
         if up:
-            found.append(Finding(f"Pixel norm in-paints under ablation (area DID, share of image pixels, BCa 95% "
+            found.append(Finding(f"{esc(norm[0].upper() + norm[1:])} in-paints under ablation (area DID, share of image pixels, BCa 95% "
                                  f"interval), largest of {len(up)} significant effects above zero "
                                  f"(false discovery rate 5% per ablation): "
                                  + "; ".join(say(*t) for t in up[:top]) + ".", anchor("did", up[0][0])))
         else:
-            found.append(f"Ablating each class's top {k}units, no class is significantly in-painted by pixel norm "
+            found.append(f"Ablating each class's top {k}units, no class is significantly in-painted by {esc(norm)} "
                          "(false discovery rate 5% per ablation).")
         down = sorted((t for t in effects if t[2]["significant"] and t[2]["mean"] < 0), key=lambda t: t[2]["mean"])
         if down:
-            found.append(Finding("Largest removal by pixel norm: " + say(*down[0]) + ".", anchor("did", down[0][0])))
+            found.append(Finding(f"Largest removal by {esc(norm)}: " + say(*down[0]) + ".", anchor("did", down[0][0])))
         return found
 
     def report_section(self, result, out_dir):
@@ -306,9 +326,11 @@ class DID:
 
         from gandid.report import Html, anchor, esc, fmt, image, interval, pct, pp, sig, table
 
-        parts = [f"<p>Layer <code>{esc(result['layer'])}</code>; β controlled at {len(result['sites'])} sites "
-                 f"({esc(', '.join(result['sites']))}). Area DID: [A(β',u') - A(β',u)] - [A(β,u') - A(β,u)], "
-                 "A a class's share of the image pixels, in percentage points (pp): positive where pixel norm "
+        norm = norm_name(result.get("site_kinds"))
+        parts = [f"<p>Layer <code>{esc(result['layer'])}</code>; β ({esc(norm)}) controlled at "
+                 f"{len(result['sites'])} sites ({esc(', '.join(result['sites']))}). Area DID: "
+                 "[A(β',u') - A(β',u)] - [A(β,u') - A(β,u)], "
+                 f"A a class's share of the image pixels, in percentage points (pp): positive where {esc(norm)} "
                  "in-paints the class, negative where it removes it. Intervals: BCa bootstrap 95% over samples; "
                  "q: the bootstrap p-value adjusted (Benjamini-Hochberg) across the classes of each table; "
                  "<b>bold</b>: significant (q &lt; 0.05).</p>"]
@@ -338,4 +360,5 @@ class DID:
 
 @hookimpl
 def gandid_register_analyses(register):
-    register("did", DID, description="difference-in-differences of pixel norm under ablation: pixels and areas")
+    register("did", DID, description="difference-in-differences of pixel norm (or instance norm, weight "
+                                     "demodulation) under ablation: pixels and areas")
