@@ -65,6 +65,8 @@ setup(
         "gandid": [
             "pggan = gandid_plugins.pggan",
             "stylegan2 = gandid_plugins.stylegan2",
+            "stylegan = gandid_plugins.stylegan",
+            "stylegan2-ada = gandid_plugins.stylegan2_ada",
             "dissect = gandid_plugins.dissect",
             "ace = gandid_plugins.ace",
             "did = gandid_plugins.did",
