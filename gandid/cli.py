@@ -1,4 +1,4 @@
-"""The ``gandid`` command: run, merge, serve, plugins, bench, build-ext."""
+"""The ``gandid`` command: run, merge, serve, convert, plugins, bench, build-ext."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,7 @@ def _add_run_parser(sub) -> None:
         "run.json, one JSON per analysis, images, plots and report.html. With no arguments: the embedded "
         "toyroom generator and segmenter, every installed analysis."))
     p.add_argument("--config", metavar="FILE.toml", help="run configuration file; flags override it")
-    p.add_argument("--generator", help="generator plugin name (see `gandid plugins`)")
+    p.add_argument("--generator", help="generator plugin name (see `gandid plugins`), or auto: recognised from --weights")
     p.add_argument("--weights", help="generator weights file (.pth/.pt/.safetensors)")
     p.add_argument("--segmenter", help="segmenter plugin name")
     p.add_argument("--seg-weights", dest="seg_weights", help="segmenter weights (file or folder)")
@@ -63,6 +63,21 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--queue", type=int, default=8, help="model requests allowed to wait; more get 503 (default 8)")
 
 
+def _add_convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="any checkpoint a generator plugin loads, as .safetensors with its metadata",
+                       description="Convert a generator checkpoint (an NVlabs .pkl, a rosinality or GAN Dissection "
+                                   ".pth, ...) to a .safetensors file with gandid's metadata (plugin, config, source) "
+                                   "that the same plugin loads, without pickles; checked by loading it back and "
+                                   "comparing images.")
+    p.add_argument("source", metavar="IN", help="the weights file")
+    p.add_argument("target", metavar="OUT.safetensors", help="the file to write")
+    p.add_argument("--generator", default="auto", help="generator plugin (default auto: recognised from the file)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a generator option (repeatable), e.g. --option truncation=0.7; values are read as JSON "
+                        "when they parse, else as text")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gandid", description="Look inside GANs: dissection, ACE, DID.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -70,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     _add_merge_parser(sub)
     _add_serve_parser(sub)
+    _add_convert_parser(sub)
     p = sub.add_parser("plugins", help="list generators, segmenters and analyses and where they came from")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("bench", help="fused op vs eager vs torch.compile vs copy bandwidth", description=(
@@ -119,6 +135,26 @@ def cmd_merge(args) -> int:
     result = merge(args.shards, args.out, force=args.force, console=err_console)
     err_console.print(f"[bold]{result.status}[/bold]: results in {result.out_dir}")
     return 0 if not result.errors else 1
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+    from .errors import ConfigError
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r}: write KEY=VALUE, e.g. --option truncation=0.7")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    done = convert(args.source, args.target, args.generator, options, force=args.force)
+    err_console.print(f"{escape(args.source)}: {escape(done['found'])} -> generator {done['generator']!r}")
+    err_console.print(f"wrote {escape(args.target)} ({done['tensors']} tensors, {done['bytes'] / 2**20:.1f} MiB); "
+                      f"loaded back, images equal to {done['max_difference']:.1g}")
+    return 0
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -265,7 +301,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": cmd_run, "merge": cmd_merge, "serve": cmd_serve, "plugins": cmd_plugins, "bench": cmd_bench, "build-ext": cmd_build_ext}
+    handlers = {"run": cmd_run, "merge": cmd_merge, "serve": cmd_serve, "convert": cmd_convert, "plugins": cmd_plugins, "bench": cmd_bench, "build-ext": cmd_build_ext}
     try:
         return handlers[args.command](args)
     except GandidError as exc:

@@ -20,7 +20,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def gandid_register_generators(register):
-    """Register generators: ``register(name, factory, description=...)``, factory -> Generator."""
+    """Register generators: ``register(name, factory, description=..., recognise=...)``, factory -> Generator.
+
+    ``recognise(peek)`` (optional) says whether a weights file is in a format this generator loads: it
+    gets a :class:`gandid.formats.Peek` (the file read safely once) and returns a short description of
+    what it found, or None. It is what ``--generator auto`` and ``gandid convert`` ask."""
 
 
 @hookspec

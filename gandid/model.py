@@ -36,7 +36,7 @@ class NormSite:
     layer: str | None = None
 
 
-GENERATOR_OPTIONAL = ("default_layer", "analysis_defaults", "weights_info")
+GENERATOR_OPTIONAL = ("default_layer", "analysis_defaults", "weights_info", "checkpoint")
 SEGMENTER_OPTIONAL = ("categories", "background", "differentiable")
 
 
@@ -47,7 +47,9 @@ class Generator(Protocol):
 
     Optional attributes (:data:`GENERATOR_OPTIONAL`): ``default_layer`` (the layer analysed when none is
     given), ``analysis_defaults`` ({analysis: {option: value}}: options sized to this model, applied
-    under the user's own) and ``weights_info`` ({file, stored_dtypes, loaded_as}, recorded in run.json)."""
+    under the user's own), ``weights_info`` ({file, stored_dtypes, loaded_as}, recorded in run.json) and
+    ``checkpoint()`` -> (tensors, config): what `gandid convert` writes, a file this generator's plugin
+    loads back (default: ``state_dict()`` and no config)."""
 
 
     z_dim: int

@@ -42,6 +42,8 @@ class Entry:
     factory: Callable[..., Any]
     description: str
     plugin: PluginInfo = field(compare=False)
+    # generators: recognise(peek) -> what the weights file is, or None (see gandid.formats)
+    recognise: Callable[[Any], str | None] | None = field(default=None, compare=False)
 
 
 def _short_error(exc: BaseException) -> str:
@@ -116,15 +118,18 @@ class Registry:
     def _collect(self, kind: str, hook_function: Callable, info: PluginInfo) -> None:
         staged: dict[str, Entry] = {}
 
-        def register(name: str, factory: Callable[..., Any], description: str = "") -> None:
+        def register(name: str, factory: Callable[..., Any], description: str = "",
+                     recognise: Callable[[Any], str | None] | None = None) -> None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
             if not callable(factory):
                 raise TypeError(f"{kind} {name!r}: factory must be callable, got {type(factory).__name__}")
+            if recognise is not None and (kind != "generator" or not callable(recognise)):
+                raise TypeError(f"{kind} {name!r}: recognise must be a callable, and only generators take one")
             previous = self._entries[kind].get(name) or staged.get(name)
             if previous is not None:
                 raise DuplicateNameError(kind, name, previous.plugin.name, info.name)
-            staged[name] = Entry(kind, name, factory, description or "", info)
+            staged[name] = Entry(kind, name, factory, description or "", info, recognise)
 
         try:
             hook_function(register=register)

@@ -192,6 +192,13 @@ class Session:
         reg = self.registry
 
         # 1. Names first: cheap, and the most common mistake.
+        if cfg.generator == "auto":  # which plugin reads --weights; the run records the one found
+            if not cfg.weights:
+                raise ConfigError("--generator auto recognises the generator from its weights: give --weights FILE")
+            from .formats import detect_generator
+
+            cfg.generator, found = detect_generator(reg, cfg.weights)
+            self._note(f"--generator auto: {found} -> generator {cfg.generator!r}")
         if cfg.generator not in reg.names("generator"):
             if cfg.generator == RunConfig.generator:
                 others = ", ".join(reg.names("generator")) or "none"

@@ -214,6 +214,10 @@ class PGGANGenerator(nn.Module):
     def from_file(cls, path) -> "PGGANGenerator":
         return cls.from_state_dict(load_state_dict_file(path), source=str(path))
 
+    def checkpoint(self) -> tuple[dict, dict]:
+        """The tensors in GAN Dissection's layout (``layer1.conv.weight``, ...), for `gandid convert`."""
+        return self.net.state_dict(), {}
+
     # -- Generator protocol ----------------------------------------------------------------
     def sample_z(self, n, seed, start=0):
         return normal_rows(seed, start, n, self.z_dim).to(self.net.layer1.conv.weight.device)
@@ -254,6 +258,17 @@ def pggan(weights: str | None = None, output_clamp: bool = True) -> PGGANGenerat
     return gen.eval()
 
 
+def recognise(peek) -> str | None:
+    """GAN Dissection's PG-GAN state dict (optionally under 'state_dict'), or its older 'features.N' names."""
+    for inside in (None, "state_dict"):
+        if peek.has("layer1.conv.weight", inside=inside):
+            return "a PG-GAN state dict in GAN Dissection's layout (layer1..layerK, output_RxR)"
+        if peek.has("features.0.conv.weight", inside=inside):
+            return "a PG-GAN state dict with GAN Dissection's older names (features.N, output)"
+    return None
+
+
 @hookimpl
 def gandid_register_generators(register):
-    register("pggan", pggan, description="PG-GAN (GAN Dissection's PyTorch layout, .pth/.safetensors)")
+    register("pggan", pggan, description="PG-GAN (GAN Dissection's PyTorch layout, .pth/.safetensors)",
+             recognise=recognise)

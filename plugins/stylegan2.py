@@ -275,7 +275,11 @@ class StyleGAN2Generator(nn.Module):
         gen.load_state_dict(state, strict=False)
         gen.weights_info = {"file": source, **dtypes}
         if latent_avg is not None:
-            gen.latent_avg.copy_(torch.as_tensor(latent_avg).reshape(-1))
+            latent_avg = torch.as_tensor(latent_avg)
+            if latent_avg.numel() != style_dim:
+                raise CheckpointError(f"{source}: latent_avg has shape {tuple(latent_avg.shape)}, but the mapping "
+                                      f"network's w has {style_dim} values: a latent_avg from another model?")
+            gen.latent_avg.copy_(latent_avg.reshape(-1))
         else:  # the mean w over a fixed set of latents, as rosinality's mean_latent does
             with torch.no_grad():
                 g = torch.Generator().manual_seed(0)
@@ -297,9 +301,22 @@ def stylegan2(weights: str | None = None, truncation: float = 1.0) -> StyleGAN2G
     state = data.get("g_ema", data)
     if not isinstance(state, dict):
         raise CheckpointError(f"{weights}: 'g_ema' is not a state dict")
-    return StyleGAN2Generator.from_state_dict(state, data.get("latent_avg"), truncation, source=str(weights))
+    latent_avg = data.get("latent_avg")
+    if state is data and "latent_avg" in state:  # a flat file (e.g. a .safetensors) carrying the average w
+        state = {k: v for k, v in state.items() if k != "latent_avg"}
+    return StyleGAN2Generator.from_state_dict(state, latent_avg, truncation, source=str(weights))
+
+
+def recognise(peek) -> str | None:
+    """rosinality's checkpoints: {'g_ema', 'latent_avg', ...} or a flat generator state dict."""
+    if peek.has("style.1.weight", "input.input", inside="g_ema"):
+        return "a rosinality StyleGAN2 checkpoint (g_ema)"
+    if peek.has("style.1.weight", "input.input"):
+        return "a rosinality StyleGAN2 generator state dict"
+    return None
 
 
 @hookimpl
 def gandid_register_generators(register):
-    register("stylegan2", stylegan2, description="StyleGAN2 (rosinality/stylegan2-pytorch g_ema checkpoints)")
+    register("stylegan2", stylegan2, description="StyleGAN2 (rosinality/stylegan2-pytorch g_ema checkpoints)",
+             recognise=recognise)

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from gandid import hookimpl
 from gandid.checkpoints import check_state_dict, load_state_dict_file, to_float
 from gandid.errors import CheckpointError, UnknownNameError
+from gandid.formats import converted_metadata
 from gandid.model import LayerInfo, NormSite, find_layer, normal_rows
 
 from .nvlabs_pickle import PersistentObject, describe, load_nvlabs_pickle, sniff
@@ -327,6 +328,11 @@ class StyleGAN2ADAGenerator(nn.Module):
         names = [info.name for info in self.layers]
         self.default_layer = names[min(len(names) - 1, 4)]
 
+    def checkpoint(self) -> tuple[dict, dict]:
+        """``G_ema.state_dict()`` and the whole config, which `gandid convert` keeps in the file's metadata
+        (shapes alone cannot tell conv_clamp, the mapping's learning rate, the activations)."""
+        return self.state_dict(), config_as_json(self.cfg)
+
     # -- Generator protocol ----------------------------------------------------------------
     def sample_z(self, n, seed, start=0):
         return normal_rows(seed, start, n, self.z_dim).to(self.synthesis.b4.const.device)
@@ -392,10 +398,7 @@ class StyleGAN2ADAGenerator(nn.Module):
                                   "built without (w_avg_beta=None); use truncation = 1")
         state, dtypes = to_float(state)
         gen.load_state_dict(state)
-        config = {k: v for k, v in asdict(cfg).items() if k != "assumed"}
-        config["channels"] = {str(k): v for k, v in cfg.channels.items()}
-        config["filter_shape"] = list(cfg.filter_shape)
-        gen.weights_info = {"file": source, **(info or {}), **dtypes, "config": config}
+        gen.weights_info = {"file": source, **(info or {}), **dtypes, "config": config_as_json(cfg)}
         if cfg.assumed:
             gen.weights_info["assumed"] = dict(cfg.assumed)
         return gen.eval().requires_grad_(False)
@@ -472,6 +475,26 @@ def _check_config(cfg: Config, source: str):
 # NVlabs's train.py sets these for every configuration it offers; a state dict does not record them.
 STATE_DICT_ASSUMPTIONS = {"conv_clamp": 256, "mapping_lr_multiplier": 0.01, "activation": "lrelu",
                           "mapping_activation": "lrelu"}
+
+
+def config_as_json(cfg: Config) -> dict:
+    config = {k: v for k, v in asdict(cfg).items() if k != "assumed"}
+    config["channels"] = {str(k): v for k, v in cfg.channels.items()}
+    config["filter_shape"] = list(cfg.filter_shape)
+    return config
+
+
+def config_from_json(config: dict, source: str) -> Config:
+    """The Config `gandid convert` stored (:func:`config_as_json`)."""
+    try:
+        values = dict(config, channels={int(k): int(v) for k, v in config["channels"].items()},
+                      filter_shape=tuple(config["filter_shape"]))
+        cfg = Config(**values)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: the config in its gandid metadata is not a StyleGAN2-ADA config ({exc}); "
+                              "convert the original file again") from None
+    _check_config(cfg, source)
+    return cfg
 
 
 def config_from_state_dict(state: dict, source: str) -> Config:
@@ -557,6 +580,11 @@ def _generator_from_state_dict(path: Path, truncation: float) -> StyleGAN2ADAGen
         raise
     if isinstance(state.get("G_ema"), dict):
         state = state["G_ema"]
+    converted = converted_metadata(path) if path.suffix == ".safetensors" else None
+    if converted is not None and converted.get("config"):
+        cfg = config_from_json(converted["config"], str(path))
+        return StyleGAN2ADAGenerator.from_state_dict(state, cfg, truncation, str(path),
+                                                     {"format": f"converted by gandid from {converted.get('source')}"})
     cfg = config_from_state_dict(state, str(path))
     return StyleGAN2ADAGenerator.from_state_dict(state, cfg, truncation, str(path), {"format": "G_ema state dict"})
 
@@ -582,7 +610,17 @@ def stylegan2_ada(weights: str | None = None, truncation: float = 1.0, noise_mod
     return gen
 
 
+def recognise(peek) -> str | None:
+    """An NVlabs network pickle (read by our data-only reader: the loader checks it), or a G_ema state dict."""
+    if peek.kind == "pickle":
+        return "a pickle that is not a tensor file: an NVlabs network snapshot, read as data"
+    for inside in (None, "G_ema"):
+        if peek.has("mapping.fc0.weight", "synthesis.b4.const", inside=inside):
+            return "an NVlabs StyleGAN2-ADA G_ema state dict"
+    return None
+
+
 @hookimpl
 def gandid_register_generators(register):
-    register("stylegan2-ada", stylegan2_ada,
+    register("stylegan2-ada", stylegan2_ada, recognise=recognise,
              description="StyleGAN2-ADA (NVlabs network-snapshot .pkl read without running it, or a G_ema state dict)")

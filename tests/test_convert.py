@@ -1,0 +1,166 @@
+"""`gandid convert` and `--generator auto`: every generator format is recognised by the right plugin,
+converts to .safetensors with gandid's metadata and loads back to the same images (compared here with
+the original file's images); what is not a generator file is named, and a plugin whose checkpoint()
+loses something writes nothing."""
+import json
+import types
+
+import pytest
+import torch
+
+from gandid import hookimpl
+from gandid.convert import convert
+from gandid.errors import CheckpointError, ConfigError, GandidError, OutputExistsError
+from gandid.formats import METADATA_KEY, converted_metadata, detect_generator
+from gandid.registry import Registry
+
+import nvlabs_files
+import pggan_files
+import stylegan2_files
+import stylegan_files
+
+
+@pytest.fixture(scope="module")
+def registry():
+    import gandid_plugins.pggan
+    import gandid_plugins.stylegan
+    import gandid_plugins.stylegan2
+    import gandid_plugins.stylegan2_ada
+
+    reg = Registry(load_entry_points=False)
+    for mod in (gandid_plugins.pggan, gandid_plugins.stylegan, gandid_plugins.stylegan2, gandid_plugins.stylegan2_ada):
+        reg.add_plugin(mod, mod.__name__)
+    return reg
+
+
+def write(tmp_path, fmt):
+    """A random-weight file in one real layout; returns (path, plugin expected to read it)."""
+    if fmt == "pggan":
+        path = tmp_path / "proggan.pth"
+        torch.save(pggan_files.make_state_dict(32), path)
+    elif fmt == "pggan-wrapped":
+        path = tmp_path / "wrapped.pth"
+        torch.save({"state_dict": pggan_files.make_state_dict(16, seed=1)}, path)
+    elif fmt == "stylegan2":
+        path = tmp_path / "stylegan2.pt"
+        torch.save({"g_ema": stylegan2_files.make_g_ema(), "latent_avg": torch.randn(8)}, path)
+    elif fmt == "stylegan":
+        path = tmp_path / "style-based.model"
+        torch.save(stylegan_files.make_state_dict(), path)
+    elif fmt == "stylegan2-ada-pkl":
+        path = tmp_path / "network-snapshot-000000.pkl"
+        G = nvlabs_files.make_generator(conv_clamp=None)  # not train.py's 256: only the metadata can say so
+        nvlabs_files.write_pickle(path, nvlabs_files.snapshot(G), tmp_path / "marker")
+    elif fmt == "stylegan2-ada-pt":
+        path = tmp_path / "G_ema.pt"
+        torch.save(nvlabs_files.make_generator(seed=2).state_dict(), path)
+    plugin = {"pggan-wrapped": "pggan", "stylegan2-ada-pkl": "stylegan2-ada",
+              "stylegan2-ada-pt": "stylegan2-ada"}.get(fmt, fmt)
+    return path, plugin
+
+
+FORMATS = ["pggan", "pggan-wrapped", "stylegan2", "stylegan2-ada-pkl", "stylegan2-ada-pt"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_is_recognised_converted_and_loaded_back(registry, tmp_path, fmt):
+    path, plugin = write(tmp_path, fmt)
+    name, found = detect_generator(registry, path)
+    assert name == plugin and found
+    out = tmp_path / "converted.safetensors"
+    done = convert(path, out, registry=registry)
+    assert done["generator"] == plugin and out.is_file() and not (tmp_path / "converted.partial.safetensors").exists()
+    meta = converted_metadata(out)
+    assert meta["generator"] == plugin and meta["source"] == path.name and meta["format"] == 1
+    assert detect_generator(registry, out)[0] == plugin  # the metadata names its plugin
+    original = registry.create("generator", plugin, weights=str(path))
+    again = registry.create("generator", plugin, weights=str(out))
+    z = original.sample_z(3, 5)
+    with torch.no_grad():
+        assert torch.equal(original.forward(z), again.forward(z))
+    assert not (tmp_path / "marker").exists()  # the pickle's embedded code never ran
+
+
+def test_options_are_kept_and_the_output_is_checked(registry, tmp_path):
+    path, _ = write(tmp_path, "stylegan2")
+    out = tmp_path / "g.safetensors"
+    convert(path, out, generator="stylegan2", options={"truncation": 0.5}, registry=registry)
+    assert converted_metadata(out)["options"] == {"truncation": 0.5}
+    with pytest.raises(OutputExistsError, match="--force"):
+        convert(path, out, registry=registry)
+    convert(path, out, registry=registry, force=True)
+    with pytest.raises(ConfigError, match=".safetensors"):
+        convert(path, tmp_path / "g.pt", registry=registry)
+
+
+def test_a_flat_safetensors_with_a_wrong_latent_avg_gets_gandids_message(registry, tmp_path):
+    from safetensors.torch import save_file
+
+    state = dict(stylegan2_files.make_g_ema(), latent_avg=torch.randn(5))  # w has 8 values
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "flat.safetensors"))
+    with pytest.raises(CheckpointError, match="latent_avg has shape \\(5,\\).*8 values"):
+        registry.create("generator", "stylegan2", weights=str(tmp_path / "flat.safetensors"))
+
+
+def test_what_no_generator_reads_is_named(registry, tmp_path):
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="unreadable as weights"):
+        detect_generator(registry, noise)
+    other = tmp_path / "segmenter.pth"
+    torch.save({"encoder.conv1.weight": torch.randn(4, 3, 3, 3)}, other)
+    with pytest.raises(ConfigError) as caught:
+        detect_generator(registry, other)
+    message = str(caught.value)
+    assert "no installed generator recognises" in message and "encoder.conv1.weight" in message
+    assert all(name in message for name in ("pggan", "stylegan2", "stylegan2-ada", "stylegan"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        detect_generator(registry, tmp_path / "missing.pth")
+
+
+def test_a_checkpoint_that_loses_something_writes_nothing(tmp_path):
+    from gandid.testing import TinyGenerator
+
+    class Lossy(TinyGenerator):
+        def __init__(self, weights=None):
+            super().__init__()
+            if weights is not None and str(weights).endswith(".safetensors"):
+                return  # the converted file's tensors are ignored: its images differ from the original's
+            torch.manual_seed(1)
+            for p in self.parameters():
+                p.data.normal_()
+
+        def checkpoint(self):
+            return {"nothing": torch.zeros(1)}, {}
+
+    module = types.ModuleType("lossy")
+    module.gandid_register_generators = hookimpl(lambda register: register("lossy", Lossy))
+    reg = Registry(load_entry_points=False)
+    reg.add_plugin(module, "lossy")
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(GandidError, match="does not reproduce"):
+        convert(tmp_path / "w.pt", tmp_path / "out.safetensors", generator="lossy", registry=reg)
+    assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "out.partial.safetensors").exists()
+
+
+def test_run_with_generator_auto_records_what_it_found(registry, tmp_path):
+    import gandid_plugins.dissect
+    from gandid.config import RunConfig
+    from gandid.runner import run
+    from gandid.testing import BrightnessSegmenter
+
+    path, _ = write(tmp_path, "pggan")
+    module = types.ModuleType("seg")
+    module.gandid_register_segmenters = hookimpl(lambda register: register("tiny", BrightnessSegmenter))
+    registry.add_plugin(module, "seg")
+    registry.add_plugin(gandid_plugins.dissect, "dissect")
+    cfg = RunConfig(generator="auto", weights=str(path), segmenter="tiny", analysis=["dissect"], samples=8,
+                    batch_size=8, device="cpu", out=str(tmp_path / "run"),
+                    analysis_options={"dissect": {"fit_samples": 8}})
+    assert run(cfg, registry=registry).status == "completed"
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["config"]["generator"] == "pggan"
+    assert any("--generator auto" in note and "PG-GAN" in note for note in record["notes"])
+    with pytest.raises(ConfigError, match="give --weights"):
+        run(RunConfig(generator="auto", out=str(tmp_path / "run2")), registry=registry)
+    assert METADATA_KEY == "gandid"
