@@ -71,6 +71,7 @@ setup(
             "ace = gandid_plugins.ace",
             "did = gandid_plugins.did",
             "entangle = gandid_plugins.entangle",
+            "noise = gandid_plugins.noise",
             "toyroom = gandid_plugins.toyroom",
         ],
     },

@@ -14,6 +14,7 @@ demodulation is computed explicitly (``conv(x * s) * d``), so its coefficients d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -246,6 +247,20 @@ class StyleGAN2Generator(nn.Module):
             out = self.convs[2 * k + 1](out, w, noise[2 * k + 2])
             skip = to_rgb(out, w, skip)
         return skip.clamp(-1, 1)
+
+    @contextlib.contextmanager
+    def noise_draws(self, draw: int):
+        """Within the block every noise input is a fresh standard normal map determined by ``draw`` (the
+        checkpoint's fixed noise otherwise): what the ``noise`` analysis varies."""
+        saved = {name: buffer.clone() for name, buffer in self.noises.named_buffers()}
+        g = torch.Generator().manual_seed(int(draw))
+        try:
+            for name, buffer in self.noises.named_buffers():
+                buffer.copy_(torch.randn(buffer.shape, generator=g))
+            yield
+        finally:
+            for name, buffer in self.noises.named_buffers():
+                buffer.copy_(saved[name])
 
     def forward_from(self, layer, features, z):
         """The RGB skip path carries state past every layer, so the prefix runs again (for these rows)

@@ -21,6 +21,7 @@ coefficients d (N, out) form a norm site of kind ``demod`` that the DID engine r
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -382,6 +383,22 @@ class StyleGAN2ADAGenerator(nn.Module):
         """The rest of the network from layer ``layer``'s output (rows matching z)."""
         find_layer(self, layer)
         return self.synthesize(self.map_z(z), start=layer, features=features).clamp(-1, 1)
+
+    @contextlib.contextmanager
+    def noise_draws(self, draw: int):
+        """Within the block every layer's noise is a fresh standard normal map determined by ``draw``
+        instead of its ``noise_const`` (NVlabs's noise_mode='random', made reproducible): what the
+        ``noise`` analysis varies."""
+        layers = [m for m in self.synthesis.modules() if isinstance(m, SynthesisLayer) and m.use_noise]
+        saved = [m.noise_const.clone() for m in layers]
+        g = torch.Generator().manual_seed(int(draw))
+        try:
+            for m in layers:
+                m.noise_const.copy_(torch.randn(m.noise_const.shape, generator=g))
+            yield
+        finally:
+            for m, noise in zip(layers, saved):
+                m.noise_const.copy_(noise)
 
     def set_noise_mode(self, mode: str):
         for module in self._layer_modules.values():
