@@ -47,6 +47,9 @@ def write(tmp_path, fmt):
     elif fmt == "stylegan":
         path = tmp_path / "style-based.model"
         torch.save(stylegan_files.make_state_dict(), path)
+    elif fmt == "stylegan-g_all":
+        path = tmp_path / "stylegan_bedrooms_32.pt"
+        torch.save(stylegan_files.make_g_all_state_dict(), path)
     elif fmt == "stylegan2-ada-pkl":
         path = tmp_path / "network-snapshot-000000.pkl"
         G = nvlabs_files.make_generator(conv_clamp=None)  # not train.py's 256: only the metadata can say so
@@ -54,12 +57,13 @@ def write(tmp_path, fmt):
     elif fmt == "stylegan2-ada-pt":
         path = tmp_path / "G_ema.pt"
         torch.save(nvlabs_files.make_generator(seed=2).state_dict(), path)
-    plugin = {"pggan-wrapped": "pggan", "stylegan2-ada-pkl": "stylegan2-ada",
+    plugin = {"pggan-wrapped": "pggan", "stylegan-g_all": "stylegan", "stylegan2-ada-pkl": "stylegan2-ada",
               "stylegan2-ada-pt": "stylegan2-ada"}.get(fmt, fmt)
     return path, plugin
 
 
-FORMATS = ["pggan", "pggan-wrapped", "stylegan2", "stylegan2-ada-pkl", "stylegan2-ada-pt"]
+FORMATS = ["pggan", "pggan-wrapped", "stylegan2", "stylegan", "stylegan-g_all", "stylegan2-ada-pkl",
+           "stylegan2-ada-pt"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

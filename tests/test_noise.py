@@ -1,6 +1,6 @@
 """The `noise` analysis: image variation across noise draws as units are ablated, against a plain loop
 (forward passes under a hook that zeroes the units, no engine), on random StyleGAN2 models (rosinality's
-and NVlabs's layouts); noise draws are reproducible and leave the fixed noise as it was; a generator
+and NVlabs's layouts) and a StyleGAN v1; noise draws are reproducible and leave the fixed noise as it was; a generator
 without noise inputs gets a result that says so."""
 import pytest
 import torch
@@ -13,10 +13,18 @@ from gandid_plugins.stylegan2_ada import stylegan2_ada
 
 import nvlabs_files
 import stylegan2_files
+import stylegan_files
 
 
 def rosinality():
     return StyleGAN2Generator.from_state_dict(stylegan2_files.make_g_ema(size=16, channels=(16, 16, 8)))
+
+
+def stylegan_v1(tmp_path):
+    from gandid_plugins.stylegan import stylegan
+
+    torch.save(stylegan_files.make_state_dict(), tmp_path / "v1.model")
+    return stylegan(weights=str(tmp_path / "v1.model"))
 
 
 def nvlabs(tmp_path):
@@ -29,9 +37,10 @@ def nvlabs(tmp_path):
     return gen
 
 
-@pytest.fixture(params=["rosinality", "nvlabs"])
+@pytest.fixture(params=["rosinality", "nvlabs", "stylegan"])
 def generator(request, tmp_path):
-    return rosinality() if request.param == "rosinality" else nvlabs(tmp_path)
+    return {"rosinality": rosinality, "nvlabs": nvlabs, "stylegan": stylegan_v1}[request.param](
+        *(() if request.param == "rosinality" else (tmp_path,)))
 
 
 def test_noise_draws_are_reproducible_and_restore_the_fixed_noise(generator):
