@@ -67,6 +67,7 @@ setup(
             "stylegan2 = gandid_plugins.stylegan2",
             "stylegan = gandid_plugins.stylegan",
             "stylegan2-ada = gandid_plugins.stylegan2_ada",
+            "pix2pix = gandid_plugins.pix2pix",
             "dissect = gandid_plugins.dissect",
             "ace = gandid_plugins.ace",
             "did = gandid_plugins.did",

@@ -65,7 +65,7 @@ class Batch:
     """Samples [start, start + len(z)) of a stream."""
 
     start: int
-    z: torch.Tensor  # (B, z_dim)
+    z: torch.Tensor  # (B, z_dim) latents, or what a conditional generator's sample_z gives, e.g. (B, C, H, W) images
     images: torch.Tensor | None  # (B, 3, H, W) in [-1, 1]
     features: dict[str, torch.Tensor]  # layer -> (B, C, h, w)
     labels: torch.Tensor | None  # (B, H, W) int segmentation of images, if asked for

@@ -23,7 +23,12 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--config", metavar="FILE.toml", help="run configuration file; flags override it")
     p.add_argument("--generator", help="generator plugin name (see `gandid plugins`), or auto: recognised from --weights")
     p.add_argument("--weights", help="generator weights file (.pth/.pt/.safetensors)")
+    p.add_argument("--generator-option", dest="generator_option", action="append", metavar="KEY=VALUE",
+                   help="a generator option (repeatable), e.g. inputs=DIR for pix2pix; over the config file's "
+                        "[generator_options]; values are read as JSON when they parse, else as text")
     p.add_argument("--segmenter", help="segmenter plugin name")
+    p.add_argument("--segmenter-option", dest="segmenter_option", action="append", metavar="KEY=VALUE",
+                   help="a segmenter option (repeatable), as --generator-option")
     p.add_argument("--seg-weights", dest="seg_weights", help="segmenter weights (file or folder)")
     p.add_argument("--analysis", action="append", metavar="NAME[,NAME]",
                    help="analyses to run (comma list or repeated); default: all installed")
@@ -103,14 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_options(items, flag: str) -> dict:
+    """KEY=VALUE strings -> {key: value}, values read as JSON when they parse (numbers, lists), else text."""
+    from .errors import ConfigError
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} truncation=0.7")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     base = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    generator_options = dict(base.generator_options, **parse_options(args.generator_option, "--generator-option"))
+    segmenter_options = dict(base.segmenter_options, **parse_options(args.segmenter_option, "--segmenter-option"))
     overrides = {
         "generator": args.generator, "weights": args.weights, "segmenter": args.segmenter,
         "seg_weights": args.seg_weights, "analysis": split_list(args.analysis) if args.analysis else None,
         "layer": split_list(args.layer) if args.layer else None, "samples": args.samples, "seed": args.seed,
         "batch_size": args.batch_size, "device": args.device, "out": args.out, "resume": args.resume,
         "force": args.force, "shard": args.shard,
+        "generator_options": generator_options if args.generator_option else None,
+        "segmenter_options": segmenter_options if args.segmenter_option else None,
     }
     return base.merged(overrides)
 
@@ -139,18 +164,8 @@ def cmd_merge(args) -> int:
 
 def cmd_convert(args) -> int:
     from .convert import convert
-    from .errors import ConfigError
 
-    options = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option {item!r}: write KEY=VALUE, e.g. --option truncation=0.7")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    done = convert(args.source, args.target, args.generator, options, force=args.force)
+    done = convert(args.source, args.target, args.generator, parse_options(args.option, "--option"), force=args.force)
     err_console.print(f"{escape(args.source)}: {escape(done['found'])} -> generator {done['generator']!r}")
     err_console.print(f"wrote {escape(args.target)} ({done['tensors']} tensors, {done['bytes'] / 2**20:.1f} MiB); "
                       f"loaded back, images equal to {done['max_difference']:.1g}")

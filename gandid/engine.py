@@ -99,7 +99,7 @@ def _expanded(generator, z, layer, interventions, repeats, rows_mask, beta_src, 
     n = len(z)
     feats = features_at(generator, z, layer)
     x = preferred_layout(feats.repeat(repeats, 1, 1, 1), channels_last)
-    zz = z.repeat(repeats, *([1] * (z.dim() - 1)))
+    zz = _repeat_rows(z, repeats)
     first = norm_site_reading(generator, layer)
     fused = first is not None and len(interventions) == 1
     if not fused:  # several interventions, or no pixel norm reads the layer: apply them in PyTorch
@@ -122,6 +122,12 @@ def _expanded(generator, z, layer, interventions, repeats, rows_mask, beta_src, 
                 fns[site] = _coefficient_fn(site, beta_src=beta_src)
     with norm_overrides(generator, fns):
         return generator.forward_from(layer, x, zz)
+
+
+def _repeat_rows(z: torch.Tensor, repeats: int) -> torch.Tensor:
+    """``repeats`` blocks of the latents z, whatever their shape: (N, z_dim) vectors, or the (N, C, H, W)
+    input images of a conditional generator (pix2pix)."""
+    return z.repeat(repeats, *([1] * (z.dim() - 1)))
 
 
 def counterfactuals(generator: Generator, z: torch.Tensor, intervention, beta_control: BetaControl | None = None,
@@ -241,7 +247,7 @@ def per_unit(generator: Generator, z: torch.Tensor, layer: str, units: Sequence[
                     own = blocks[i, :, unit:unit + 1]  # (N, 1, h, w)
                     k = None if value is None else value.to(feats)[unit:unit + 1]
                     blocks[i, :, unit:unit + 1] = intervene(own, strength, mask, k)
-                images = generator.forward_from(layer, preferred_layout(x, channels_last), z.repeat(u, 1))
+                images = generator.forward_from(layer, preferred_layout(x, channels_last), _repeat_rows(z, u))
                 yield chunk, images.view(u, n, *generator_output_shape(generator))
 
 
@@ -272,7 +278,7 @@ def variants(generator: Generator, z: torch.Tensor, interventions: Sequence[Inte
         for lo in range(0, len(interventions), per_chunk):
             chunk = list(range(lo, min(lo + per_chunk, len(interventions))))
             x = torch.cat([interventions[i].apply(feats, n, 1) for i in chunk])
-            images = generator.forward_from(layer, preferred_layout(x, channels_last), z.repeat(len(chunk), 1))
+            images = generator.forward_from(layer, preferred_layout(x, channels_last), _repeat_rows(z, len(chunk)))
             yield chunk, images.view(len(chunk), n, *generator_output_shape(generator))
 
 

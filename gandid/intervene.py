@@ -8,8 +8,9 @@ from .buffers import CACHE_FRIENDLY_BYTES, DEFAULT_MEMORY_BUDGET, BufferPool, pr
 from .engine import (counterfactuals, counterfactuals_naive, generator_output_shape, per_unit, run_with_betas,
                      units_per_chunk, variants)
 from .hooks import norm_site_reading
-from .interventions import ARM_TITLES, CONTROLLABLE, Arms, BetaControl, Intervention
+from .interventions import ARM_TITLES, CONTROLLABLE, Arms, BetaControl, Intervention, not_controllable_reason
 
 __all__ = ["Intervention", "BetaControl", "Arms", "ARM_TITLES", "CONTROLLABLE", "BufferPool", "DEFAULT_MEMORY_BUDGET",
            "CACHE_FRIENDLY_BYTES", "rows_per_chunk", "preferred_layout", "counterfactuals", "counterfactuals_naive",
-           "per_unit", "units_per_chunk", "variants", "run_with_betas", "generator_output_shape", "norm_site_reading"]
+           "per_unit", "units_per_chunk", "variants", "run_with_betas", "generator_output_shape", "norm_site_reading",
+           "not_controllable_reason"]

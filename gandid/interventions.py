@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import UnknownNameError
+from .errors import ConfigError, UnknownNameError
 from .model import Generator, find_layer
 from .ops.reference import intervene
 
@@ -20,6 +20,18 @@ from .ops.reference import intervene
 # demodulation (StyleGAN2; coefficients d of shape (N, out)) and instance norm (StyleGAN's AdaIN;
 # per-sample, per-channel mean and std, (N, 2, C)) in plain PyTorch.
 CONTROLLABLE = ("pixelnorm", "demod", "instancenorm")
+
+# Why a norm kind is not controllable (a DID says so, and an explicit request to control one is refused).
+NOT_CONTROLLABLE = {
+    "batchnorm": "batch norm in eval mode normalises with the running statistics of training, the same for "
+                 "every sample: an intervention does not change them, so there is nothing to record, borrow or "
+                 "replay",
+}
+
+
+def not_controllable_reason(kind: str) -> str:
+    """Why the engine does not control norm sites of ``kind`` (one that is not in :data:`CONTROLLABLE`)."""
+    return NOT_CONTROLLABLE.get(kind, f"the engine cannot record or override {kind} coefficients")
 
 
 @dataclass
@@ -97,7 +109,8 @@ class BetaControl:
 
     ``sites=None``: every pixel-norm (and weight-demodulation and instance-norm) site from the one
     that reads the intervened layer to the output (the papers control layers 4 to 13 of PG-GAN); or
-    a list of names.
+    a list of names. Sites of other kinds (batch norm in eval mode) are never controlled; naming one
+    is refused (:data:`NOT_CONTROLLABLE` says why).
     """
 
     sites: Sequence[str] | None = None
@@ -108,6 +121,12 @@ class BetaControl:
             unknown = [s for s in self.sites if s not in names]
             if unknown:
                 raise UnknownNameError("norm site", unknown[0], names)
+            kinds = {s.name: s.kind for s in generator.norm_sites}
+            fixed = [s for s in self.sites if kinds[s] not in CONTROLLABLE]
+            if fixed:
+                kind = kinds[fixed[0]]
+                raise ConfigError(f"norm site {fixed[0]!r} is a {kind} site, which the DID engine does not control: "
+                                  f"{not_controllable_reason(kind)}. Leave it out of the controlled sites")
             return list(self.sites)
         layer_names = [l.name for l in generator.layers]
         start = layer_names.index(layer)

@@ -58,10 +58,11 @@ class Generator(Protocol):
     norm_sites: Sequence[NormSite]
 
     def sample_z(self, n: int, seed: int, start: int = 0) -> torch.Tensor:
-        """(n, z_dim) latents; row i depends only on (seed, start + i)."""
+        """(n, z_dim) latents; row i depends only on (seed, start + i). A conditional generator's "latents"
+        are its inputs, any shape with the samples first (pix2pix: (n, C, S, S) images, z_dim = C*S*S)."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, z_dim) -> images (N, 3, H, W) in [-1, 1]."""
+        """(N, z_dim) latents (or a conditional generator's inputs) -> images (N, 3, H, W) in [-1, 1]."""
 
     def layer_module(self, name: str) -> torch.nn.Module:
         """The module whose forward output is layer ``name``'s features."""

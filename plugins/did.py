@@ -8,7 +8,9 @@ per sample, its mean map and mean |ΔY|. Segmentation space: for every class j t
 [A_j(β',u') - A_j(β',u)] - [A_j(β,u') - A_j(β,u)], with a BCa bootstrap 95% interval over samples
 and a bootstrap p-value, Benjamini-Hochberg adjusted across the classes of each ablation (q):
 positive for the classes pixel norm in-paints, negative for the ones it removes; an effect is
-reported as significant when q < ``fdr`` (0.05).
+reported as significant when q < ``fdr`` (0.05). Norm sites after the layer of kinds the engine cannot
+control (batch norm in eval mode: constant statistics) are listed under ``uncontrolled`` with why, and
+when nothing else follows the layer the result and the report say that the DID is 0 by construction.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import torch
 
 from gandid import hookimpl
 from gandid.analysis import read_result
-from gandid.intervene import ARM_TITLES, BetaControl, BufferPool, Intervention, counterfactuals, generator_output_shape
+from gandid.intervene import (ARM_TITLES, CONTROLLABLE, BetaControl, BufferPool, Intervention, counterfactuals,
+                              generator_output_shape, not_controllable_reason)
 from gandid.segmentation import class_fractions
 from gandid.stats import PerSample, Sum, TopK, bootstrap_bca, false_discovery
 
@@ -54,18 +57,49 @@ class DidResult(TypedDict):
     layer: str
     sites: list[str]
     # also "site_kinds": list[str], the sites' norm kinds (not required: results written before it lack it)
+    # also "uncontrolled": {"sites", "kinds", "why"} when norm sites after the layer are of kinds the engine
+    # cannot control (batch norm in eval mode), else absent
     top_k: int
     arm_titles: dict[str, str]  # arm name -> Y(β,u)-style title
     classes: dict[str, DidClassResult]
 
 
-NORM_NAMES = {"pixelnorm": "pixel norm", "instancenorm": "instance norm", "demod": "weight demodulation"}
+NORM_NAMES = {"pixelnorm": "pixel norm", "instancenorm": "instance norm", "demod": "weight demodulation",
+              "batchnorm": "batch norm (eval mode)"}
 
 
 def site_kinds(generator, sites) -> list[str]:
     """The kinds of the controlled norm sites, in the order they first appear."""
     kind = {s.name: s.kind for s in generator.norm_sites}
     return list(dict.fromkeys(kind[s] for s in sites))
+
+
+def uncontrolled_sites(generator, layer: str, sites) -> dict | None:
+    """The norm sites from ``layer`` on that are not controlled because the engine cannot control their
+    kind (batch norm in eval mode: constant statistics), with why; None when there are none."""
+    names = [info.name for info in generator.layers]
+    after = set(names[names.index(layer):]) if layer in names else set()
+    fixed = [s for s in generator.norm_sites
+             if s.layer in after and s.kind not in CONTROLLABLE and s.name not in set(sites)]
+    if not fixed:
+        return None
+    kinds = list(dict.fromkeys(s.kind for s in fixed))
+    return {"sites": [s.name for s in fixed], "kinds": kinds,
+            "why": "; ".join(not_controllable_reason(k) for k in kinds)}
+
+
+def uncontrolled_sentence(result) -> str | None:
+    """What a DID result says about the normalisation it could not control (plain text), or None."""
+    fixed = result.get("uncontrolled")
+    if not fixed:
+        return None
+    what = norm_name(fixed["kinds"])
+    n = len(fixed["sites"])
+    if not result["sites"]:
+        return (f"Every normalisation after layer {result['layer']} ({n} sites) is {what}: {fixed['why']}. So the "
+                "DID is 0 by construction here, and the arms show only what the ablation itself does.")
+    return (f"{n} {what} sites after layer {result['layer']} are not controlled (they add nothing to the DID): "
+            f"{fixed['why']}.")
 
 
 def norm_name(kinds) -> str:
@@ -130,15 +164,19 @@ class DID:
         self.panels, self.resamples = panels, resamples
 
     def check(self, generator, segmenter, layers):
-        """Before any work: the class names exist and the norm sites are the generator's."""
+        """Before any work: the class names exist and the norm sites are the generator's, of kinds the
+        engine controls."""
         check_class_names("did", self.classes, segmenter)
         if self.sites is not None:
-            known = [s.name for s in getattr(generator, "norm_sites", [])]
+            kinds = {s.name: s.kind for s in getattr(generator, "norm_sites", [])}
             for site in self.sites:
-                if site not in known:
+                if site not in kinds:
                     from gandid.errors import UnknownNameError
 
-                    raise UnknownNameError("norm site in did's sites", site, known)
+                    raise UnknownNameError("norm site in did's sites", site, list(kinds))
+                if kinds[site] not in CONTROLLABLE:
+                    raise ValueError(f"did: norm site {site!r} in sites is a {kinds[site]} site, which the DID engine "
+                                     f"does not control: {not_controllable_reason(kinds[site])}")
 
     def run(self, ctx):
         gen, seg = ctx.generator, ctx.segmenter
@@ -156,6 +194,9 @@ class DID:
         pool = BufferPool()
         result = {"version": RESULT_VERSION, "layer": layer, "sites": sites, "site_kinds": site_kinds(gen, sites),
                   "top_k": self.top_k, "arm_titles": dict(ARM_TITLES), "classes": {}}
+        fixed = uncontrolled_sites(gen, layer, sites)
+        if fixed:
+            result["uncontrolled"] = fixed
         image_shape = generator_output_shape(gen)
         # Y(β,u) is the same image for every class (same latents, same rows of the same pass, no
         # intervention in its rows): segment it once per sample and reuse its areas for the later classes
@@ -294,6 +335,9 @@ class DID:
         """The largest in-painting effects whose 95% interval is above zero, and the largest removal."""
         from gandid.report import Finding, anchor, esc, interval, link, pp
 
+        fixed = uncontrolled_sentence(result)
+        if fixed and not result["sites"]:  # nothing controlled: every DID is 0 by construction
+            return [esc(fixed)]
         effects = [(name, other, v) for name, e in result["classes"].items() for other, v in e["area_did"].items()]
         if not effects:
             return []
@@ -307,6 +351,8 @@ class DID:
 
         norm = norm_name(result.get("site_kinds"))
         found = []
+        if fixed:
+            found.append(esc(fixed))
         up = sorted((t for t in effects if t[2]["significant"] and t[2]["mean"] > 0), key=lambda t: -t[2]["mean"])
         if up:
             found.append(Finding(f"{esc(norm[0].upper() + norm[1:])} in-paints under ablation (area DID, share of image pixels, BCa 95% "
@@ -334,6 +380,9 @@ class DID:
                  "in-paints the class, negative where it removes it. Intervals: BCa bootstrap 95% over samples; "
                  "q: the bootstrap p-value adjusted (Benjamini-Hochberg) across the classes of each table; "
                  "<b>bold</b>: significant (q &lt; 0.05).</p>"]
+        fixed = uncontrolled_sentence(result)
+        if fixed:
+            parts.append(f"<p><b>{esc(fixed)}</b></p>")
         for name, e in result["classes"].items():
             rows = sorted(e["area_did"].items(), key=lambda kv: -abs(kv[1]["mean"]))
             before, after = e["arm_mean_area"]["original"], e["arm_mean_area"]["intervened"]

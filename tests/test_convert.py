@@ -168,3 +168,15 @@ def test_run_with_generator_auto_records_what_it_found(registry, tmp_path):
     with pytest.raises(ConfigError, match="give --weights"):
         run(RunConfig(generator="auto", out=str(tmp_path / "run2")), registry=registry)
     assert METADATA_KEY == "gandid"
+
+
+def test_plugin_options_on_the_command_line():
+    from gandid.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["run", "--generator-option", "inputs=photos", "--generator-option",
+                                      "truncation=0.7", "--segmenter-option", "segsizes=[256, 384]"])
+    cfg = config_from_args(args)
+    assert cfg.generator_options == {"inputs": "photos", "truncation": 0.7}
+    assert cfg.segmenter_options == {"segsizes": [256, 384]}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        config_from_args(build_parser().parse_args(["run", "--generator-option", "inputs"]))
