@@ -154,7 +154,13 @@ class Registry:
         return table[name]
 
     def create(self, kind: str, name: str, **options: Any) -> Any:
-        return self.get(kind, name).factory(**options)
+        """The plugin's object; options are checked against the factory's signature first (names, with the
+        closest valid ones, and types), as `gandid run` checks them."""
+        from .config import check_options
+
+        entry = self.get(kind, name)
+        check_options(f"{kind} {name!r}", entry.factory, options)
+        return entry.factory(**options)
 
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]

@@ -313,6 +313,13 @@ def stylegan2(weights: str | None = None, truncation: float = 1.0) -> StyleGAN2G
     # a plain attribute container (weights_only loading still refuses anything else).
     torch.serialization.add_safe_globals([argparse.Namespace])
     data = load_state_dict_file(Path(weights))
+    if "g_ema" not in data and "style.1.weight" not in data:
+        trained = [k for k in ("g", "generator", "G") if isinstance(data.get(k), dict) and "style.1.weight" in data[k]]
+        if trained:  # a training checkpoint without the moving average: say which generator it does have
+            raise CheckpointError(f"{weights}: no 'g_ema' (the moving-average generator rosinality's scripts sample "
+                                  f"from) in this checkpoint, but it has {trained[0]!r}, the trained generator. "
+                                  f"Extract it in an environment you trust: torch.save(torch.load(FILE)"
+                                  f"[{trained[0]!r}], 'g.pt'), and give g.pt (its images are not g_ema's)")
     state = data.get("g_ema", data)
     if not isinstance(state, dict):
         raise CheckpointError(f"{weights}: 'g_ema' is not a state dict")

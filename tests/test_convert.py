@@ -180,3 +180,17 @@ def test_plugin_options_on_the_command_line():
     assert cfg.segmenter_options == {"segsizes": [256, 384]}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         config_from_args(build_parser().parse_args(["run", "--generator-option", "inputs"]))
+
+
+def test_errors_that_lead_somewhere(registry, tmp_path):
+    import gandid
+
+    path, _ = write(tmp_path, "pggan")
+    with pytest.raises(GandidError, match="truncaton.*did you mean|truncaton"):
+        registry.create("generator", "stylegan2", weights=str(path), truncaton=0.5)
+    with pytest.raises(GandidError, match="option"):
+        gandid.load_generator("pggan", weights=str(path), clamp=True)
+    training = tmp_path / "train.pt"
+    torch.save({"g": stylegan2_files.make_g_ema(), "d": {"convs.0.weight": torch.randn(2)}}, training)
+    with pytest.raises(CheckpointError, match="no 'g_ema'.*it has 'g'"):
+        registry.create("generator", "stylegan2", weights=str(training))
