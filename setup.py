@@ -68,6 +68,8 @@ setup(
             "stylegan = gandid_plugins.stylegan",
             "stylegan2-ada = gandid_plugins.stylegan2_ada",
             "pix2pix = gandid_plugins.pix2pix",
+            "upp = gandid_plugins.upp",
+            "semseg = gandid_plugins.semseg",
             "dissect = gandid_plugins.dissect",
             "ace = gandid_plugins.ace",
             "did = gandid_plugins.did",
