@@ -55,7 +55,12 @@ setup(
     ],
     extras_require={
         # httpx: Starlette's test client; playwright drives the system Chromium in the explorer's browser test
-        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "setuptools>=61", "wheel", "httpx", "playwright"],
+        # onnx (with onnxruntime and transformers) lets the segmenter tests export and run their models
+        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "setuptools>=61", "wheel", "httpx", "playwright",
+                 "transformers>=4.46", "onnxruntime", "onnx"],
+        # any Hugging Face semantic-segmentation folder, and any ONNX segmentation model: neither pulls torch
+        "transformers": ["transformers>=4.46"],
+        "onnx": ["onnxruntime"],
         # `gandid serve`: none of these depends on torch
         "serve": ["starlette>=0.37", "uvicorn>=0.29", "pillow"],
     },
@@ -70,6 +75,8 @@ setup(
             "pix2pix = gandid_plugins.pix2pix",
             "upp = gandid_plugins.upp",
             "semseg = gandid_plugins.semseg",
+            "transformers = gandid_plugins.hf_segmenter",
+            "onnx = gandid_plugins.onnx_segmenter",
             "dissect = gandid_plugins.dissect",
             "ace = gandid_plugins.ace",
             "did = gandid_plugins.did",

@@ -14,7 +14,7 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
 _PICKLE_PROTO = 0x80  # legacy torch.save files and plain pickles start with the PROTO opcode
 
 
-def _refusal_reason(exc: Exception) -> str:
+def refusal_reason(exc: Exception) -> str:
     """What the tensors-only unpickler objected to, without torch's advice to disable it."""
     text = str(exc)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
@@ -52,7 +52,7 @@ def load_state_dict_file(path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refusing to load: {_refusal_reason(exc)}, and gandid never unpickles "
+        raise CheckpointError(f"{path}: refusing to load: {refusal_reason(exc)}, and gandid never unpickles "
                               "code or arbitrary objects. Convert it to a plain state dict (names to tensors) "
                               "or .safetensors in an environment you trust.") from None
     except (RuntimeError, EOFError, OSError) as exc:

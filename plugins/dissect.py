@@ -341,7 +341,7 @@ class Dissect:
             per_image = onehot.view(b, pixels, classes)
             for lo in range(0, units, self.unit_chunk):
                 # (B, u, H, W) as interpolate gives it: no transposed copy of the largest tensor here
-                up = F.interpolate(feats[:, lo:lo + self.unit_chunk].float(), size=tuple(batch.images.shape[-2:]),
+                up = F.interpolate(feats[:, lo:lo + self.unit_chunk].float(), size=tuple(batch.labels.shape[-2:]),
                                    mode="bilinear", align_corners=False)
                 tc = t[None, lo:lo + self.unit_chunk, None, None]
                 # iqr: strictly above, as gandissect; quantile: ties at the threshold count too (the same for

@@ -151,3 +151,23 @@ def test_ace_refuses_a_segmenter_without_gradients_when_screening_or_optimising_
     assert not (tmp_path / "refused" / "ace.json").exists()
     exhaustive = run_with(tmp_path, "exhaustive", no_gradients, ace={"screen": False, "alpha_steps": 0})["ace"]
     assert all(entry["screen"]["enabled"] is False for entry in exhaustive["classes"].values())
+
+
+class HalfSizeSegmenter(GroundTruthSegmenter):
+    """Labels at half the image's size (every other pixel), as a segmenter run at reduced size gives them."""
+
+    def segment(self, images):
+        return super().segment(images)[:, ::2, ::2]
+
+
+def test_dissection_at_the_labels_size(tmp_path):
+    got = run_with(tmp_path, "half", HalfSizeSegmenter)["dissect"]
+    gen, seg = GroundTruthGenerator(), GroundTruthSegmenter()
+    z = gen.sample_z(32, 0)
+    with torch.no_grad():
+        maps = F.interpolate(gen.feat(z), size=(8, 8), mode="bilinear", align_corners=False)
+        red = seg.segment(gen.forward(z))[:, ::2, ::2] == LABELS.index("red")
+    entry = got["layers"]["feat"]["units"][0]
+    on = maps[:, 0] >= torch.tensor(entry["threshold"], dtype=torch.float32)
+    assert entry["iou_per_class"]["red"] == pytest.approx(float((on & red).sum()) / float((on | red).sum()), abs=1e-6)
+    assert entry["label"] == "red"
