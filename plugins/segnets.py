@@ -580,3 +580,17 @@ def check_positive(value, name: str, what: str) -> int:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{what}: {name} must be a whole number >= 1, got {value!r}")
     return value
+
+
+class NetSegmenter:
+    """What the segmenters built on these networks share: ``self.net`` on ``self.device`` in ``self.dtype``."""
+
+    def to(self, device=None, dtype=None):
+        """Move (and cast) the network. A float64 run that must match float64 arithmetic throughout is
+        built with the option ``dtype="float64"``: casting a float32 segmenter keeps its rounded weights."""
+        if device is not None:
+            self.device = torch.device(device)
+        if dtype is not None:
+            self.dtype = dtype
+        self.net.to(device=self.device, dtype=self.dtype)
+        return self

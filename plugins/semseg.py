@@ -158,7 +158,7 @@ class SemsegNet(nn.Module):
         return self.classifier(F.relu(self.hidden(c5)))  # Dropout2d before the classifier: identity in eval
 
 
-class SemsegSegmenter:
+class SemsegSegmenter(segnets.NetSegmenter):
     """A CSAIL ADE20K scene-parsing model (see the module docstring).
 
     Options: ``weights`` the folder (``--seg-weights``); ``arch`` "ENCODER-DECODER" when the folder is
@@ -231,16 +231,6 @@ class SemsegSegmenter:
             self.weights_info["width_divisor"] = div
         self.device = torch.device("cpu")
         self.to(device)
-
-    def to(self, device=None, dtype=None):
-        """Move (and cast) the network. A float64 run that must match float64 arithmetic throughout is
-        built with the option ``dtype="float64"``: casting a float32 segmenter keeps its rounded weights."""
-        if device is not None:
-            self.device = torch.device(device)
-        if dtype is not None:
-            self.dtype = dtype
-        self.net.to(device=self.device, dtype=self.dtype)
-        return self
 
     def _preprocess(self, images):
         x = images.to(self.device, self.dtype)

@@ -126,7 +126,7 @@ class UPPNet(nn.Module):
         return {head: self.heads[head](p2 if head == "material" else fused) for head in heads}
 
 
-class UPPSegmenter:
+class UPPSegmenter(segnets.NetSegmenter):
     """GAN Dissection's Unified Perceptual Parsing segmenter (see the module docstring).
 
     Options: ``weights`` the folder (``--seg-weights``); ``labels`` the vocabulary file (default
@@ -266,16 +266,6 @@ class UPPSegmenter:
         return layout
 
     # --- running ----------------------------------------------------------------------------------
-
-    def to(self, device=None, dtype=None):
-        """Move (and cast) the network. A float64 run that must match float64 arithmetic throughout is
-        built with the option ``dtype="float64"``: casting a float32 segmenter keeps its rounded weights."""
-        if device is not None:
-            self.device = torch.device(device)
-        if dtype is not None:
-            self.dtype = dtype
-        self.net.to(device=self.device, dtype=self.dtype)
-        return self
 
     def _preprocess(self, images):
         x = (images.to(self.device, self.dtype) + 1) / 2 * 255
