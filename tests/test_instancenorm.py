@@ -11,6 +11,7 @@ from gandid.hooks import norm_overrides
 from gandid.intervene import (CONTROLLABLE, BetaControl, Intervention, counterfactuals, counterfactuals_naive,
                               run_with_betas)
 from gandid.model import InstanceNorm, LayerInfo, NormSite, PixelNorm, normal_rows
+from intervention_cases import random_intervention
 
 EPS = 1e-5
 
@@ -310,14 +311,7 @@ def independent_arms(net, z, iv, controlled):
 def test_arms_equal_independent_float64_passes(seed, layer, kind):
     net = MixedNet(seed).double()
     z = torch.randn(5, 6, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
-    info = next(l for l in net.layers if l.name == layer)
-    g = torch.Generator().manual_seed(seed)
-    units = torch.randperm(info.channels, generator=g)[:3].tolist()
-    if kind == "ablate":
-        iv = Intervention(layer, units)
-    else:
-        iv = Intervention(layer, units, region=(torch.rand(*info.size, generator=g) > 0.5).double(),
-                          alpha=[1.0, 0.5, 0.8], value=[2.0, -1.0, 0.5])
+    iv = random_intervention(net, layer, kind, seed, values=(2.0, -1.0, 0.5))
     controlled = BetaControl().resolve(net, layer)
     assert controlled == {"l1": ["l2.pn", "l3.in", "out.in"], "l2": ["l3.in", "out.in"], "l3": ["out.in"]}[layer]
     expected = independent_arms(net, z, iv, controlled)

@@ -20,6 +20,7 @@ from gandid.registry import Registry
 from gandid_plugins.pix2pix import BatchNorm, pix2pix
 from pix2pix_files import (resnet_forward, resnet_state_dict, torch_resnet, torch_unet, unet_forward, unet_state_dict,
                            write_images)
+from intervention_cases import random_intervention
 
 ARMS = ("original", "intervened", "intervened_fixed_beta", "original_swapped_beta")
 
@@ -388,14 +389,7 @@ def test_did_arms_on_instance_norm_equal_naive_passes_with_recorded_statistics(a
 
         def forward(**kw):
             return resnet_forward(f64(s), z, 3, "instance", **kw)
-    info = next(l for l in gen.layers if l.name == layer)
-    g = torch.Generator().manual_seed(2)
-    units = torch.randperm(info.channels, generator=g)[:3].tolist()
-    if kind == "ablate":
-        iv = Intervention(layer, units)
-    else:
-        iv = Intervention(layer, units, region=(torch.rand(*info.size, generator=g) > 0.5).double(),
-                          alpha=[1.0, 0.5, 0.8], value=[1.5, -0.5, 2.0])
+    iv = random_intervention(gen, layer, kind, 2)
     controlled = BetaControl().resolve(gen, layer)
     names = [l.name for l in gen.layers]
     after = set(names[names.index(layer):])

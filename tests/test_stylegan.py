@@ -15,6 +15,7 @@ from gandid.registry import Registry
 from gandid_plugins.stylegan import StyleGANGAllGenerator, StyleGANGenerator, stylegan
 from stylegan_files import (independent_forward, independent_g_all_forward, make_g_all_state_dict,
                             make_state_dict)
+from intervention_cases import random_intervention
 
 ARMS = ("original", "intervened", "intervened_fixed_beta", "original_swapped_beta")
 
@@ -183,14 +184,7 @@ def naive_arms(forward, gen, z, iv, controlled):
 def check_did_arms(gen, forward, layer, kind, seed=1):
     """counterfactuals and counterfactuals_naive on ``gen`` (float64) equal the independent naive arms."""
     z = gen.sample_z(4, seed=3).double()
-    info = next(l for l in gen.layers if l.name == layer)
-    g = torch.Generator().manual_seed(seed)
-    units = torch.randperm(info.channels, generator=g)[:3].tolist()
-    if kind == "ablate":
-        iv = Intervention(layer, units)
-    else:
-        iv = Intervention(layer, units, region=(torch.rand(*info.size, generator=g) > 0.5).double(),
-                          alpha=[1.0, 0.5, 0.8], value=[1.5, -0.5, 2.0])
+    iv = random_intervention(gen, layer, kind, seed)
     controlled = BetaControl().resolve(gen, layer)
     names = [l.name for l in gen.layers]
     assert controlled == [f"{n.split('.')[0]}.adain{n[-1]}" for n in names[names.index(layer):]]
