@@ -8,8 +8,10 @@
 #include <optional>
 #include <vector>
 
+#include "cpu/instnorm_cpu.h"
 #include "cpu/intervene_cpu.h"
 #include "glue.h"
+#include "instnorm_glue.h"
 
 namespace gandid {
 
@@ -18,6 +20,10 @@ void forward_cuda(const InterveneParams<float>& prm, DType dtype, bool channels_
                   at::Tensor& y, at::Tensor& beta_out);
 void forward_cuda(const InterveneParams<double>& prm, DType dtype, bool channels_last, const at::Tensor& x,
                   at::Tensor& y, at::Tensor& beta_out);
+void instance_norm_forward_cuda(const InstNormParams<float>& prm, DType dtype, bool channels_last,
+                                const at::Tensor& x, void* y);
+void instance_norm_forward_cuda(const InstNormParams<double>& prm, DType dtype, bool channels_last,
+                                const at::Tensor& x, void* y);
 #endif
 
 bool with_cuda() {
@@ -49,6 +55,26 @@ void forward_out(const at::Tensor& x, const std::optional<at::Tensor>& alpha, co
                 });
 }
 
+// instance_norm: writes y (x's shape and memory format; absent when !normalize) and stats_out
+// ((N, 2, C) contiguous in the accumulation dtype; absent when not wanted). See instnorm_glue.h.
+void instance_norm_forward_out(const at::Tensor& x, const std::optional<at::Tensor>& stats_in,
+                               const std::optional<at::Tensor>& group_offsets,
+                               const std::optional<at::Tensor>& group_rows, bool normalize, double eps,
+                               const std::optional<at::Tensor>& y, const std::optional<at::Tensor>& stats_out) {
+  TORCH_CHECK(!x.is_cuda() || with_cuda(), "instance_norm: this build of the extension has no CUDA support");
+  glue::prepare_instnorm(x, stats_in, group_offsets, group_rows, normalize, eps, y, stats_out,
+                         [&](const auto& prm, DType dtype, bool channels_last) {
+                           void* yp = y.has_value() ? y->data_ptr() : nullptr;
+                           if (x.is_cuda()) {
+#ifdef GANDID_WITH_CUDA
+                             instance_norm_forward_cuda(prm, dtype, channels_last, x, yp);
+#endif
+                           } else {
+                             instance_norm_cpu(prm, dtype, channels_last, x.data_ptr(), yp);
+                           }
+                         });
+}
+
 // An uninitialised tensor like x (same memory format). Large CPU outputs are backed by transparent
 // huge pages: a fresh allocation then faults 2 MiB at a time instead of 4 KiB, which is most of the
 // cost of writing into new memory on Linux (clone() of 128 MB runs at a third of copy_ here).
@@ -78,6 +104,8 @@ at::Tensor empty_like_fast(const at::Tensor& x) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gandid fused op intervene_pixelnorm (CPU, and CUDA when built with it)";
   m.def("forward_out", &gandid::forward_out, "intervene + pixel norm into preallocated outputs");
+  m.def("instance_norm_forward_out", &gandid::instance_norm_forward_out,
+        "instance-norm statistics and normalisation into preallocated outputs");
   m.def("with_cuda", &gandid::with_cuda, "whether this build has CUDA kernels");
   m.def("empty_like", &gandid::empty_like_fast, "uninitialised output like x (huge pages for large CPU tensors)");
 }

@@ -13,7 +13,8 @@ from . import build
 from .reference import intervene_pixelnorm_reference
 from .validate import check_args, check_beta_src_values, check_outputs
 
-__all__ = ["intervene_pixelnorm", "intervene_pixelnorm_reference", "backend_name", "choose_backend"]
+__all__ = ["intervene_pixelnorm", "intervene_pixelnorm_reference", "instance_norm", "instance_norm_reference",
+           "backend_name", "choose_backend"]
 BACKENDS = ("reference", "ext")
 
 
@@ -104,3 +105,6 @@ def intervene_pixelnorm(x, *, alpha=None, region=None, value=None, rows=None, be
         beta_out = a.x.new_empty((a.x.shape[0], 1, a.x.shape[2], a.x.shape[3]))
     fused.fused_out(*args, out, beta_out)
     return out, beta_out
+
+
+from .instnorm import instance_norm, instance_norm_reference  # noqa: E402  (uses choose_backend above)

@@ -50,9 +50,9 @@ def _with_cuda() -> bool:
 
 def sources(with_cuda: bool) -> list[Path]:
     root = csrc_dir()
-    files = [root / "bindings.cpp", root / "cpu" / "intervene_cpu.cpp"]
+    files = [root / "bindings.cpp", root / "cpu" / "intervene_cpu.cpp", root / "cpu" / "instnorm_cpu.cpp"]
     if with_cuda:
-        files += [root / "cuda_glue.cpp", root / "cuda" / "intervene_cuda.cu"]
+        files += [root / "cuda_glue.cpp", root / "cuda" / "intervene_cuda.cu", root / "cuda" / "instnorm_cuda.cu"]
     return files
 
 
