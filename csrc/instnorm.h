@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "intervene.h"  // GANDID_HD
+#include "intervene.h"  // GANDID_HD, group_begin / group_end / group_row
 
 namespace gandid {
 
@@ -55,19 +55,6 @@ GANDID_HD bool needs_moments(const InstNormParams<acc_t>& prm, bool lender) {
   return prm.stats_out != nullptr || (prm.normalize && prm.stats_in == nullptr && lender);
 }
 
-template <typename acc_t>
-GANDID_HD int64_t group_begin(const InstNormParams<acc_t>& prm, int64_t g) {
-  return prm.group_offsets != nullptr ? prm.group_offsets[g] : g;
-}
-
-template <typename acc_t>
-GANDID_HD int64_t group_end(const InstNormParams<acc_t>& prm, int64_t g) {
-  return prm.group_offsets != nullptr ? prm.group_offsets[g + 1] : g + 1;
-}
-
-template <typename acc_t>
-GANDID_HD int64_t group_row(const InstNormParams<acc_t>& prm, int64_t k) {
-  return prm.group_rows != nullptr ? prm.group_rows[k] : k;
-}
+// group_begin / group_end / group_row: intervene.h's, for any params with group_offsets / group_rows.
 
 }  // namespace gandid

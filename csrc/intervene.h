@@ -54,19 +54,20 @@ GANDID_HD acc_t row_mask(const InterveneParams<acc_t>& prm, int64_t r, int64_t p
   return prm.region[(prm.region_rows == 1 ? 0 : r) * prm.HW + p];
 }
 
-// Group g's rows are group_row(k) for k in [group_begin(g), group_end(g)), its lender first.
-template <typename acc_t>
-GANDID_HD int64_t group_begin(const InterveneParams<acc_t>& prm, int64_t g) {
+// Group g's rows are group_row(k) for k in [group_begin(g), group_end(g)), its lender first. For any
+// op's parameters with group_offsets / group_rows (InterveneParams, InstNormParams).
+template <typename Params>
+GANDID_HD int64_t group_begin(const Params& prm, int64_t g) {
   return prm.group_offsets != nullptr ? prm.group_offsets[g] : g;
 }
 
-template <typename acc_t>
-GANDID_HD int64_t group_end(const InterveneParams<acc_t>& prm, int64_t g) {
+template <typename Params>
+GANDID_HD int64_t group_end(const Params& prm, int64_t g) {
   return prm.group_offsets != nullptr ? prm.group_offsets[g + 1] : g + 1;
 }
 
-template <typename acc_t>
-GANDID_HD int64_t group_row(const InterveneParams<acc_t>& prm, int64_t k) {
+template <typename Params>
+GANDID_HD int64_t group_row(const Params& prm, int64_t k) {
   return prm.group_rows != nullptr ? prm.group_rows[k] : k;
 }
 
