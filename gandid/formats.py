@@ -50,6 +50,34 @@ class Peek:
         return isinstance(table, dict) and all(k in table for k in keys)
 
 
+# Layouts gandid names when no plugin claims a file: the one whose marker keys match best, supported or
+# not (a generator's tensor names; "a/b" is key b inside the top-level mapping a).
+KNOWN_LAYOUTS = (
+    ("rosinality's SWAGAN (StyleGAN2 with wavelets), which gandid does not read yet", (r"(^|[./])iwt\.ll$",)),
+    ("an NVlabs StyleGAN3 generator, which gandid does not read yet", (r"synthesis\.input\.", r"synthesis\.L\d+_")),
+    ("a StyleGAN v1 generator in rosinality's layout (--generator stylegan)", (r"generator\.progression\.\d+",)),
+    ("the official StyleGAN v1's g_all port (--generator stylegan)", (r"^g_mapping\.", r"^g_synthesis\.")),
+    ("an NVlabs StyleGAN2-ADA G_ema state dict (--generator stylegan2-ada)",
+     (r"(^|/)mapping\.fc\d+\.", r"(^|/)synthesis\.b\d+\.")),
+    ("a rosinality StyleGAN2 generator (--generator stylegan2)", (r"(^|/)style\.\d+\.weight", r"(^|/)convs\.\d+\.conv\.")),
+    ("a PG-GAN in GAN Dissection's layout (--generator pggan)", (r"(^|/)layer\d+\.conv\.weight", r"(^|/)output_\d+x\d+")),
+    ("a pix2pix / CycleGAN generator (--generator pix2pix)", (r"^(module\.)?model\.(model\.)?\d+\.",)),
+    ("a discriminator, not a generator", (r"(^|/)final_linear\.", r"(^|/)b4\.out\.", r"^(d|D)/")),
+)
+
+
+def closest_layout(keys: list[str]) -> str | None:
+    """The known layout most of whose marker patterns some key matches, or None."""
+    import re
+
+    best, score = None, 0.0
+    for what, patterns in KNOWN_LAYOUTS:
+        hit = sum(any(re.search(p, k) for k in keys) for p in patterns) / len(patterns)
+        if hit > score:
+            best, score = what, hit
+    return best
+
+
 def converted_metadata(path) -> dict | None:
     """The metadata `gandid convert` wrote into a .safetensors file, or None."""
     from safetensors import safe_open
@@ -118,5 +146,7 @@ def detect_generator(registry, path) -> tuple[str, str]:
         raise ConfigError(f"{path}: unreadable as weights ({what})")
     seen = found.keys()
     shown = (f"its first keys are {seen[:8]}" if seen else found.problem or f"a {found.kind} file")
-    raise ConfigError(f"{path}: no installed generator recognises this file ({shown}). gandid knows: "
+    closest = closest_layout(seen)
+    hint = f" It looks most like {closest}." if closest else ""
+    raise ConfigError(f"{path}: no installed generator recognises this file ({shown}).{hint} gandid knows: "
                       + "; ".join(known) + ". Choose one with --generator NAME to see what it expects")

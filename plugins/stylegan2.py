@@ -330,7 +330,10 @@ def stylegan2(weights: str | None = None, truncation: float = 1.0) -> StyleGAN2G
 
 
 def recognise(peek) -> str | None:
-    """rosinality's checkpoints: {'g_ema', 'latent_avg', ...} or a flat generator state dict."""
+    """rosinality's checkpoints: {'g_ema', 'latent_avg', ...} or a flat generator state dict (not SWAGAN's,
+    which has the same mapping and input but wavelet transforms, keys ending in 'iwt.ll')."""
+    if any(key.endswith("iwt.ll") for key in peek.keys()):
+        return None
     if peek.has("style.1.weight", "input.input", inside="g_ema"):
         return "a rosinality StyleGAN2 checkpoint (g_ema)"
     if peek.has("style.1.weight", "input.input"):

@@ -194,3 +194,17 @@ def test_errors_that_lead_somewhere(registry, tmp_path):
     torch.save({"g": stylegan2_files.make_g_ema(), "d": {"convs.0.weight": torch.randn(2)}}, training)
     with pytest.raises(CheckpointError, match="no 'g_ema'.*it has 'g'"):
         registry.create("generator", "stylegan2", weights=str(training))
+
+
+def test_an_unsupported_layout_is_named(registry, tmp_path):
+    swagan = dict(stylegan2_files.make_g_ema(), **{"iwt.ll": torch.ones(1, 1, 2, 2), "to_rgbs.0.iwt.ll": torch.ones(1, 1, 2, 2)})
+    torch.save({"g_ema": swagan}, tmp_path / "swagan.pt")
+    with pytest.raises(ConfigError, match="looks most like rosinality's SWAGAN"):
+        detect_generator(registry, tmp_path / "swagan.pt")
+    torch.save({"synthesis.input.weight": torch.ones(2), "synthesis.L0_36_512.weight": torch.ones(2)},
+               tmp_path / "sg3.pt")
+    with pytest.raises(ConfigError, match="StyleGAN3"):
+        detect_generator(registry, tmp_path / "sg3.pt")
+    torch.save({"d": {"final_linear.0.weight": torch.ones(2), "convs.0.0.weight": torch.ones(2)}}, tmp_path / "d.pt")
+    with pytest.raises(ConfigError, match="a discriminator"):
+        detect_generator(registry, tmp_path / "d.pt")
