@@ -9,7 +9,6 @@ grid. Not checked: the CUDA runtime, coalescing, speed (tests/test_ops.py::test_
 """
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,9 @@ from hypothesis import HealthCheck, given, settings
 
 from gandid.ops import build, intervene_pixelnorm
 from op_cases import affordable, assert_matches, case_args, naive, random_case
+from cuda_toolkit import cuda_include_dir
 
 HERE = Path(__file__).resolve().parent
-
-
-def cuda_include_dir() -> Path | None:
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    candidates = [Path(CUDA_HOME) / "include"] if CUDA_HOME else []
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(Path(nvcc).resolve().parent.parent / "include")
-    candidates.append(Path("/usr/local/cuda/include"))
-    return next((d for d in candidates if (d / "cuda_fp16.h").exists()), None)
 
 
 CUDA_INCLUDE = cuda_include_dir()

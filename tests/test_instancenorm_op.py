@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from gandid.model import InstanceNorm
-from gandid.ops import build, instance_norm, instance_norm_reference
+from gandid.ops import build, instance_norm
+from cuda_toolkit import cuda_include_dir
 
 HERE = Path(__file__).resolve().parent
 BACKENDS = ["ext", "reference"]
@@ -200,17 +201,6 @@ def test_falls_back_to_the_reference_without_the_extension(monkeypatch):
 
 
 # --- the CUDA kernels: host emulation and nvcc ---------------------------------------------------
-
-def cuda_include_dir():
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    candidates = [Path(CUDA_HOME) / "include"] if CUDA_HOME else []
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(Path(nvcc).resolve().parent.parent / "include")
-    candidates.append(Path("/usr/local/cuda/include"))
-    return next((d for d in candidates if (d / "cuda_fp16.h").exists()), None)
-
 
 CUDA_INCLUDE = cuda_include_dir()
 
