@@ -27,6 +27,25 @@ def test_the_world_has_every_class_and_realistic_layout():
     assert mean_row["ceiling"] < mean_row["wall"] < mean_row["floor"]
     per_image_chairs = [(lab == LABELS.index("chair")).any() for lab in labels]
     assert np.mean(per_image_chairs) > 0.95  # chairs in almost every room, around the table
+    # version 2: every object class large where present (at least 1.5 % of the image on average)
+    area = np.stack([(labels == c).reshape(len(labels), -1).mean(1) for c in range(len(LABELS))], 1)
+    for c, name in enumerate(LABELS):
+        present = area[:, c] >= 0.005
+        assert present.mean() > 0.25 and area[present, c].mean() > 0.015, (name, present.mean(), area[present, c].mean())
+
+
+def test_frechet_distance_matches_the_textbook_formula():
+    from scipy import linalg
+
+    from gandid_plugins.toyroom.train import frechet_distance
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(300, 6, generator=g, dtype=torch.float64) * 1.7 + 0.4
+    mu_a, mu_b, s_a, s_b = a.mean(0).numpy(), b.mean(0).numpy(), np.cov(a.numpy().T), np.cov(b.numpy().T)
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * linalg.sqrtm(s_a @ s_b).real)
+    assert abs(frechet_distance(a, b) - expected) < 1e-8 * max(1, abs(expected))
+    assert abs(frechet_distance(a, a)) < 1e-8
 
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="the toyroom segmenter has not been trained yet")

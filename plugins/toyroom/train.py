@@ -186,6 +186,71 @@ def class_frequencies(images: int = 1000, batch: int = 100, weights: str | None 
     return result
 
 
+def bottleneck_features(seg, images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 64, 64) images -> (N, 4 * width) float64: the segmenter's bottleneck (``mid``) averaged over
+    its 16x16 positions, the feature space of :func:`frechet_distance`."""
+    net = seg.net
+    with torch.no_grad():
+        x = images.float()
+        e1 = net.enc1(x)
+        return net.mid(F.max_pool2d(net.enc2(F.max_pool2d(e1, 2)), 2)).mean((2, 3)).double()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two (N, D) feature sets (the FID formula, in our own
+    feature space): |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    # tr((S_a S_b)^(1/2)) = sum of sqrt of the eigenvalues of S_a^(1/2) S_b S_a^(1/2) (symmetric, PSD)
+    w, v = torch.linalg.eigh(s_a)
+    root_a = (v * w.clamp_min(0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
+
+
+def generator_frechet(images: int = 1000, batch: int = 100, weights: str | None = None) -> dict:
+    """The Fréchet distance of ``images`` generated images to as many held-out renders, and, as its floor,
+    of two disjoint sets of held-out renders, in the shipped segmenter's bottleneck features."""
+    from . import toyroom_generator
+    from .segmenter import ToyroomSegmenter
+
+    gen, seg = toyroom_generator(weights), ToyroomSegmenter()
+    feats = {"generated": [], "renders": [], "renders_other": []}
+    with torch.no_grad():
+        for lo in range(0, images, batch):
+            n = min(batch, images - lo)
+            feats["generated"].append(bottleneck_features(seg, gen.forward(gen.sample_z(n, seed=EVAL_SEED, start=lo))
+                                                          .clamp(-1, 1)))
+            for name, first in (("renders", EVAL_SEED), ("renders_other", EVAL_SEED + images)):
+                rendered, _ = render_batch(range(first + lo, first + lo + n))
+                feats[name].append(bottleneck_features(seg, torch.from_numpy(rendered)))
+    feats = {k: torch.cat(v) for k, v in feats.items()}
+    return {"images": images, "generated_vs_renders": frechet_distance(feats["generated"], feats["renders"]),
+            "renders_vs_renders": frechet_distance(feats["renders_other"], feats["renders"])}
+
+
+def report(images: int, weights: str | None, out: Path) -> dict:
+    """The model card's numbers: the segmenter's IoU on held-out renders, class frequencies on generated
+    images vs renders, the Fréchet distance, and a sample grid; written to ``out/report.json``."""
+    from . import toyroom_generator
+    from .segmenter import ToyroomSegmenter
+
+    iou, mean_iou = miou(ToyroomSegmenter().net, renders=images)
+    freq = class_frequencies(images, weights=weights, out=out)
+    frechet = generator_frechet(images, weights=weights)
+    save_grid(toyroom_generator(weights), out / "samples_report.png")
+    result = {"segmenter_iou": iou, "segmenter_mean_iou": mean_iou, "class_frequencies": freq, "frechet": frechet}
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    print(f"segmenter mean IoU on {images} held-out renders: {mean_iou:.3f}")
+    for name, c in freq["classes"].items():
+        print(f"{name:>10}  IoU {iou[name]:.3f}  generated {c['generated']['image_share']:6.1%} of images "
+              f"{c['generated']['pixel_share']:6.1%} of pixels   renders {c['renders']['image_share']:6.1%} "
+              f"{c['renders']['pixel_share']:6.1%}")
+    print(f"Fréchet distance, generated vs renders: {frechet['generated_vs_renders']:.4f} "
+          f"(two sets of renders: {frechet['renders_vs_renders']:.4f})")
+    return result
+
+
 def save_grid(gen, path, n=32, seed=0):
     from gandid.plotting import pyplot
 
@@ -226,17 +291,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/toyroom-train")
     p.add_argument("--weights", help="where to write the float16 weights (default: inside the package)")
-    p = sub.add_parser("report", help="class frequencies of the shipped generator's images vs renders")
+    p = sub.add_parser("report", help="the model card's numbers: segmenter IoU, class frequencies of generated "
+                       "images vs renders, Fréchet distance, a sample grid")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--weights", help="generator weights (default: the shipped ones)")
     p.add_argument("--out", default="runs/toyroom-train")
     args = parser.parse_args(argv)
     if args.what == "report":
-        result = class_frequencies(args.images, weights=args.weights, out=Path(args.out))
-        for name, c in result["classes"].items():
-            print(f"{name:>10}  generated {c['generated']['image_share']:6.1%} of images "
-                  f"{c['generated']['pixel_share']:6.1%} of pixels   renders {c['renders']['image_share']:6.1%} "
-                  f"{c['renders']['pixel_share']:6.1%}")
+        report(args.images, args.weights, Path(args.out))
     elif args.what == "segmenter":
         train_segmenter(args)
     elif args.what == "export":
