@@ -39,7 +39,8 @@ def choose_backend(device) -> str:
 
 
 def backend_name(device="cpu") -> str:
-    """What runs the op on ``device``: 'ext-cpu', 'ext-cuda' or 'reference' (recorded in run.json)."""
+    """What runs the fused ops (this one and :func:`instance_norm`, one extension) on ``device``: 'ext-cpu',
+    'ext-cuda' or 'reference' (recorded in run.json as ``op_backend``)."""
     backend = choose_backend(device)
     return f"ext-{torch.device(device).type}" if backend == "ext" else "reference"
 

@@ -210,7 +210,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def generator_frechet(images: int = 1000, batch: int = 100, weights: str | None = None) -> dict:
     """The Fréchet distance of ``images`` generated images to as many held-out renders, and, as its floor,
-    of two disjoint sets of held-out renders, in the shipped segmenter's bottleneck features."""
+    of two disjoint sets of held-out renders, in the shipped segmenter's bottleneck features; ``relative``
+    is the first divided by the renders' total feature variance."""
     from . import toyroom_generator
     from .segmenter import ToyroomSegmenter
 
@@ -225,8 +226,13 @@ def generator_frechet(images: int = 1000, batch: int = 100, weights: str | None 
                 rendered, _ = render_batch(range(first + lo, first + lo + n))
                 feats[name].append(bottleneck_features(seg, torch.from_numpy(rendered)))
     feats = {k: torch.cat(v) for k, v in feats.items()}
-    return {"images": images, "generated_vs_renders": frechet_distance(feats["generated"], feats["renders"]),
-            "renders_vs_renders": frechet_distance(feats["renders_other"], feats["renders"])}
+    spread = float(torch.cov(feats["renders"].T).trace())
+    result = {"images": images, "generated_vs_renders": frechet_distance(feats["generated"], feats["renders"]),
+              "renders_vs_renders": frechet_distance(feats["renders_other"], feats["renders"]),
+              "renders_total_variance": spread}
+    # divided by the renders' total feature variance, so that two segmenters' feature spaces compare
+    result["relative"] = result["generated_vs_renders"] / spread
+    return result
 
 
 def report(images: int, weights: str | None, out: Path) -> dict:
@@ -239,6 +245,7 @@ def report(images: int, weights: str | None, out: Path) -> dict:
     freq = class_frequencies(images, weights=weights, out=out)
     frechet = generator_frechet(images, weights=weights)
     save_grid(toyroom_generator(weights), out / "samples_report.png")
+    save_grid(None, out / "renders_report.png", seed=EVAL_SEED)
     result = {"segmenter_iou": iou, "segmenter_mean_iou": mean_iou, "class_frequencies": freq, "frechet": frechet}
     (out / "report.json").write_text(json.dumps(result, indent=2))
     print(f"segmenter mean IoU on {images} held-out renders: {mean_iou:.3f}")
@@ -252,12 +259,17 @@ def report(images: int, weights: str | None, out: Path) -> dict:
 
 
 def save_grid(gen, path, n=32, seed=0):
+    """A 4-row grid of ``n`` generated images (latents of ``seed``); ``gen=None`` draws renders of seeds
+    ``seed``, ``seed + 1``, ... instead."""
     from gandid.plotting import pyplot
 
     plt = pyplot()
 
-    with torch.no_grad():
-        images = gen.forward(gen.sample_z(n, seed)).clamp(-1, 1)
+    if gen is None:
+        images = torch.from_numpy(render_batch(range(seed, seed + n))[0])
+    else:
+        with torch.no_grad():
+            images = gen.forward(gen.sample_z(n, seed)).clamp(-1, 1)
     fig, axes = plt.subplots(4, n // 4, figsize=(n // 4 * 1.2, 4.8))
     for ax, img in zip(axes.ravel(), images):
         ax.imshow(((img + 1) / 2).permute(1, 2, 0).numpy())
