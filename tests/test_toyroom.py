@@ -129,3 +129,16 @@ def test_default_run_end_to_end_on_the_shipped_models(tmp_path):
     assert record["analysis_options"]["ace"]["context_locations"] == 8  # the suggestion where the user gave none
     assert set(result.results["entangle"]["classes"]) == {"lamp", "plant"}
     assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_minibatch_std_is_per_group_of_four():
+    from gandid_plugins.toyroom.gan import minibatch_std
+
+    x = torch.randn(12, 5, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = minibatch_std(x)
+    assert got.shape == (12, 1, 4, 4)
+    for i in range(12):  # sample i's group: samples with the same index modulo 12 / 4
+        group = x[[j for j in range(12) if j % 3 == i % 3]].numpy()
+        expected = np.sqrt(group.var(0) + 1e-8).mean()
+        np.testing.assert_allclose(got[i].numpy(), expected, rtol=1e-12)
+    assert len({round(float(v), 9) for v in got[:, 0, 0, 0]}) == 3  # one number per group, not per batch

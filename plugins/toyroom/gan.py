@@ -32,9 +32,24 @@ class EqualConv(nn.Module):
         return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
 
 
+def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 1, H, W): for each sample, the standard deviation of the features over its
+    group of ``group`` samples (samples i, i + N/group, ...), averaged over features and positions.
+    PG-GAN's and StyleGAN2's layer (group size 4): per group, not one number for the whole batch, so
+    the discriminator sees a group of near-identical fakes (mode collapse) in every group. A batch of
+    32 with a single batch-wide number collapsed the v2 generator by step 1,158 (MODEL_CARD.md)."""
+    n, c, h, w = x.shape
+    g = min(group, n)
+    while n % g:
+        g -= 1
+    spread = x.reshape(g, n // g, c, h, w)
+    spread = (spread - spread.mean(0)).pow(2).mean(0).add(1e-8).sqrt().mean((1, 2, 3))  # (N / g,)
+    return spread.repeat(g)[:, None, None, None].expand(n, 1, h, w)
+
+
 class Discriminator(nn.Module):
-    """fromRGB, then per resolution two 3x3 convs and a 2x average-pool down to 4x4; minibatch stddev;
-    a 3x3 conv and a linear layer to one logit."""
+    """fromRGB, then per resolution two 3x3 convs and a 2x average-pool down to 4x4; minibatch stddev
+    (groups of 4); a 3x3 conv and a linear layer to one logit."""
 
     def __init__(self, resolution=64, channels=(32, 64, 128, 128, 128)):
         super().__init__()
@@ -50,8 +65,7 @@ class Discriminator(nn.Module):
         x = F.leaky_relu(self.from_rgb(x), 0.2)
         for c1, c2 in self.blocks:
             x = F.avg_pool2d(F.leaky_relu(c2(F.leaky_relu(c1(x), 0.2)), 0.2), 2)
-        std = x.std(0, unbiased=False).mean().expand(len(x), 1, 4, 4)
-        x = F.leaky_relu(self.final_conv(torch.cat([x, std], 1)), 0.2)
+        x = F.leaky_relu(self.final_conv(torch.cat([x, minibatch_std(x)], 1)), 0.2)
         return self.fc(x.flatten(1))
 
 
