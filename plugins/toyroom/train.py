@@ -191,9 +191,8 @@ def bottleneck_features(seg, images: torch.Tensor) -> torch.Tensor:
     its 16x16 positions, the feature space of :func:`frechet_distance`."""
     net = seg.net
     with torch.no_grad():
-        x = images.float()
-        e1 = net.enc1(x)
-        return net.mid(F.max_pool2d(net.enc2(F.max_pool2d(e1, 2)), 2)).mean((2, 3)).double()
+        encoded = net.enc2(F.max_pool2d(net.enc1(images.float()), 2))
+        return net.mid(F.max_pool2d(encoded, 2)).mean((2, 3)).double()
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
