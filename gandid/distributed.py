@@ -109,7 +109,8 @@ class Collective:
         """Rank 0's ``value`` on every rank."""
         return value
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """End the collective; ``finished``: this process completed its run (not an error on the way)."""
         return None
 
     def describe(self) -> dict:
@@ -155,8 +156,15 @@ class ProcessGroup(Collective):
         self.dist.broadcast_object_list(box, src=0, group=self.group)
         return unpack(box[0], self.device)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         if self.owned and self.dist.is_initialized():
+            if finished and self.world_size > 1:
+                # Leave together. A helper rank that tore down its group and exited while rank 0 was
+                # still writing the report aborted at exit now and then ("terminate called without an
+                # active exception", gloo: once in 70 two-process runs here, once in CI); a barrier
+                # before destroy_process_group is how PyTorch's own tests cured such a teardown flake.
+                # Not after an error: the other processes may be gone.
+                self.dist.barrier(group=self.group)
             self.dist.destroy_process_group()
 
     @property

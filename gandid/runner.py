@@ -585,8 +585,11 @@ def run(config: RunConfig | dict, registry: Registry | None = None, console: Con
     if collective is None and cfg.shard is not None:
         collective = Shard(*cfg.shard_of(), cfg.out)
     collective = collective or from_environment(resolve_device(cfg.device))
+    finished = False
     try:
-        return Session(cfg, registry=registry, console=console, collective=collective).execute()
+        result = Session(cfg, registry=registry, console=console, collective=collective).execute()
+        finished = True
+        return result
     finally:
         if own:
-            collective.close()
+            collective.close(finished)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gandid.distributed import Collective, split_range
+from gandid.distributed import Collective, ProcessGroup, split_range
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "dist_worker.py"
@@ -72,6 +72,30 @@ def test_shares_cover_every_item_once_in_whole_blocks():
         assert all(p.start % block == 0 for p in parts)
         sizes = [len(split_range(-(-total // block), world, r)) for r in range(world)]
         assert max(sizes) - min(sizes) <= 1  # balanced in blocks
+
+
+def test_processes_leave_together_unless_one_failed():
+    """A finished process waits at a barrier for the others before tearing its group down; one that
+    failed does not (the others may be gone)."""
+    calls = []
+
+    class FakeDist:
+        def is_initialized(self):
+            return True
+
+        def barrier(self, group=None):
+            calls.append("barrier")
+
+        def destroy_process_group(self):
+            calls.append("destroy")
+
+    group = ProcessGroup.__new__(ProcessGroup)  # no torch.distributed behind it
+    group.dist, group.owned, group.world_size, group.group = FakeDist(), True, 2, None
+    group.close(finished=True)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    group.close(finished=False)
+    assert calls == ["destroy"]
 
 
 def test_two_processes_give_the_numbers_of_one(one_process, tmp_path):
