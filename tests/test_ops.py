@@ -250,6 +250,21 @@ def test_build_name_changes_with_the_sources(tmp_path, monkeypatch):
     assert build.build_name(False) != before
 
 
+def test_a_rebuild_is_announced_when_the_sources_are_newer_than_the_build(tmp_path, monkeypatch):
+    copy = tmp_path / "csrc"
+    shutil.copytree(build.csrc_dir(), copy)
+    monkeypatch.setattr(build, "csrc_dir", lambda: copy)
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    assert "once" in build.build_needed(build_dir)  # nothing built yet
+    library = build_dir / "gandid_fused_x.so"
+    library.write_bytes(b"")
+    assert build.build_needed(build_dir) is None  # built after every source was written
+    newest = max(f.stat().st_mtime for f in copy.rglob("*.cpp"))
+    os.utime(library, (newest - 60, newest - 60))  # a source touched after the build: ninja rebuilds
+    assert "newer" in build.build_needed(build_dir)
+
+
 NVCC = shutil.which("nvcc")
 
 

@@ -61,11 +61,28 @@ def build_name(with_cuda: bool, flags=()) -> str:
 
     h = hashlib.sha256()
     root = csrc_dir()
-    for f in sorted(root.rglob("*")):
-        if f.suffix in (".h", ".cpp", ".cu"):
-            h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    for f in _source_files():
+        h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
     h.update(f"{torch.__version__}|{with_cuda}|{' '.join(flags)}|{_cpu_signature()}".encode())
     return f"gandid_fused_{h.hexdigest()[:16]}"
+
+
+def _source_files() -> list[Path]:
+    root = csrc_dir()
+    return [f for f in sorted(root.rglob("*")) if f.suffix in (".h", ".cpp", ".cu")]
+
+
+def build_needed(build_dir: Path) -> str | None:
+    """Why ``load`` will compile in ``build_dir`` (a sentence), or None when it will only load. ninja
+    rebuilds when a source file is newer than the built library even if its contents are the same (a
+    fresh checkout gives every file a new time), which took as long as the first build, without a word."""
+    built = sorted(build_dir.glob("*.so"))
+    if not built:
+        return "once for this machine, about a minute"
+    newest = max(f.stat().st_mtime for f in _source_files())
+    if newest > built[0].stat().st_mtime:
+        return "again: its source files are newer than the build (new file times, e.g. a fresh checkout)"
+    return None
 
 
 def load(verbose: bool = False):
@@ -86,18 +103,18 @@ def load(verbose: bool = False):
                   extra_cflags=flags + (["-DGANDID_WITH_CUDA"] if with_cuda else []),
                   extra_ldflags=["-fopenmp"], extra_cuda_cflags=["-O3", "-DGANDID_WITH_CUDA"], with_cuda=with_cuda,
                   verbose=verbose)
-    fresh = not any(build_dir.glob("*.so"))
-    if fresh and not verbose:
+    why = build_needed(build_dir)
+    if why and not verbose:
         import time
 
         from rich.console import Console
 
         console = Console(stderr=True)
         # A line as well as the spinner: a log file or CI output shows no spinner.
-        console.print(f"building gandid's fused C++{'/CUDA' if with_cuda else ''} op for this machine: once, "
-                      f"about a minute; later runs reuse it from {build_dir}")
+        console.print(f"building gandid's fused C++{'/CUDA' if with_cuda else ''} op {why}; later runs "
+                      f"reuse it from {build_dir}")
         t0 = time.perf_counter()
-        with console.status("compiling the fused op (first run only)"):
+        with console.status("compiling the fused op"):
             _module = cpp_load(**kwargs)
         console.print(f"fused op built in {time.perf_counter() - t0:.0f} s")
     else:
