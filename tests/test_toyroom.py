@@ -142,3 +142,28 @@ def test_minibatch_std_is_per_group_of_four():
         expected = np.sqrt(group.var(0) + 1e-8).mean()
         np.testing.assert_allclose(got[i].numpy(), expected, rtol=1e-12)
     assert len({round(float(v), 9) for v in got[:, 0, 0, 0]}) == 3  # one number per group, not per batch
+
+
+def test_train_report_writes_the_model_cards_numbers(tmp_path, capsys):
+    """`python -m gandid_plugins.toyroom.train report` end to end, on a few images of a random generator."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from gandid_plugins.toyroom.gan import init_generator
+    from gandid_plugins.toyroom.train import main
+
+    weights = tmp_path / "g.safetensors"
+    save_file({k: v.half().contiguous() for k, v in init_generator(2).net.state_dict().items()}, str(weights))
+    main(["report", "--images", "8", "--weights", str(weights), "--out", str(tmp_path / "report")])
+    result = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(result["segmenter_iou"]) == set(LABELS) and 0 <= result["segmenter_mean_iou"] <= 1
+    assert set(result["class_frequencies"]["classes"]) == set(LABELS)
+    frechet = result["frechet"]
+    # an untrained generator's images are further from renders than other renders are
+    assert frechet["generated_vs_renders"] > frechet["renders_vs_renders"] >= 0
+    assert frechet["relative"] == pytest.approx(frechet["generated_vs_renders"] / frechet["renders_total_variance"])
+    for name in ("samples_report.png", "renders_report.png", "class_frequencies.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "segmenter mean IoU on 8 held-out renders" in printed and "Fréchet distance" in printed
