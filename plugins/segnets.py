@@ -102,6 +102,18 @@ def stored_dtypes(*infos: dict) -> dict:
     return total
 
 
+def weights_info(folder, enc_path: Path, dec_path: Path, label_path: Path, epoch, enc_info: dict, dec_info: dict,
+                 dtype: torch.dtype, div: int, **arch) -> dict:
+    """What an encoder/decoder segmenter loaded, for run.json: its files, epoch, ``arch`` entries, the
+    stored dtypes (tensor counts), the dtype used, and the width divisor when the file is narrowed."""
+    info = {"folder": str(folder), "encoder": str(enc_path), "decoder": str(dec_path), "labels": str(label_path),
+            "epoch": epoch, **arch, "stored_dtypes": stored_dtypes(enc_info, dec_info),
+            "loaded_as": str(dtype).removeprefix("torch.")}
+    if div != 1:
+        info["width_divisor"] = div
+    return info
+
+
 def width_divisor(state: dict, key: str, published: int, path: Path, what: str) -> int:
     """``div`` such that the file's width at ``key`` (dim 0) is ``published / div``."""
     if key not in state:

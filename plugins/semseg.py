@@ -223,12 +223,8 @@ class SemsegSegmenter(segnets.NetSegmenter):
         self.labels = ["unlabelled"] + names
         self.categories = {name: "object" for name in self.labels}
         self.background = tuple(b for b in BACKGROUND if b in names)
-        self.weights_info = {"folder": str(folder), "encoder": str(enc_path), "decoder": str(dec_path),
-                             "labels": str(label_path), "epoch": epoch, "arch": f"{enc_name}-{dec_name}",
-                             "stored_dtypes": segnets.stored_dtypes(enc_info, dec_info),
-                             "loaded_as": str(self.dtype).removeprefix("torch.")}
-        if div != 1:
-            self.weights_info["width_divisor"] = div
+        self.weights_info = segnets.weights_info(folder, enc_path, dec_path, label_path, epoch, enc_info, dec_info,
+                                                 self.dtype, div, arch=f"{enc_name}-{dec_name}")
         self.device = torch.device("cpu")
         self.to(device)
 

@@ -169,12 +169,8 @@ class UPPSegmenter(segnets.NetSegmenter):
         layout = self._decoder_layout(decoder, vocab, div)
         decoder, dec_info = segnets.checked(decoder, layout, f"upp decoder ({dec_path})")
         self.net = UPPNet(encoder, decoder, depth).eval()
-        self.weights_info = {"folder": str(Path(weights)), "encoder": str(enc_path), "decoder": str(dec_path),
-                             "labels": str(label_path), "epoch": epoch, "encoder_arch": depth,
-                             "stored_dtypes": segnets.stored_dtypes(enc_info, dec_info),
-                             "loaded_as": str(self.dtype).removeprefix("torch.")}
-        if div != 1:
-            self.weights_info["width_divisor"] = div
+        self.weights_info = segnets.weights_info(Path(weights), enc_path, dec_path, label_path, epoch, enc_info,
+                                                 dec_info, self.dtype, div, encoder_arch=depth)
         self.device = torch.device("cpu")
         self.to(device)
 

@@ -77,6 +77,10 @@ def test_segments_like_the_reference(folder):
     path, enc, dec = folder
     seg = upp(weights=str(path), sizes=[64, 96], downsample=2)
     assert isinstance(seg, Segmenter)
+    info = seg.weights_info  # what run.json records
+    assert info["epoch"] == 40 and info["encoder_arch"] == "resnet50" and info["width_divisor"] == 16
+    floats = sum(v.is_floating_point() for v in [*enc.values(), *dec.values()])  # not BN step counters
+    assert info["stored_dtypes"] == {"float32": floats} and info["loaded_as"] == "float32"
     imgs = images(3, 64, seed=1)
     expected, pred, parts, _ = ref_upp_segment(enc, dec, UPP_VOCAB, imgs, sizes=(64, 96), downsample=2)
     expected = no_label_as_minus_one(expected)
