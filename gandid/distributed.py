@@ -24,9 +24,15 @@ for each other, each run them whole.
 from __future__ import annotations
 
 import os
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+
+# How long a finished process waits for the others to finish too (rank 0 still writing the report).
+LEAVE_TIMEOUT = timedelta(minutes=10)
+
 
 class _Accelerated:
     """A tensor that lived on an accelerator, travelling on the CPU: it lands on the receiver's device."""
@@ -163,8 +169,13 @@ class ProcessGroup(Collective):
                 # still writing the report aborted at exit now and then ("terminate called without an
                 # active exception", gloo: once in 70 two-process runs here, once in CI); a barrier
                 # before destroy_process_group is how PyTorch's own tests cured such a teardown flake.
-                # Not after an error: the other processes may be gone.
-                self.dist.barrier(group=self.group)
+                # Not after an error (the others may be gone), and not forever: a peer that failed after
+                # the last exchange never arrives, and not every launcher kills the survivors.
+                try:
+                    self.dist.monitored_barrier(group=self.group, timeout=LEAVE_TIMEOUT)
+                except RuntimeError as exc:
+                    print(f"[rank {self.rank}] not every process arrived to finish together ({exc}); "
+                          "leaving anyway: this process's share is done", file=sys.stderr)
             self.dist.destroy_process_group()
 
     @property

@@ -102,11 +102,11 @@ def stored_dtypes(*infos: dict) -> dict:
     return total
 
 
-def weights_info(folder, enc_path: Path, dec_path: Path, label_path: Path, epoch, enc_info: dict, dec_info: dict,
-                 dtype: torch.dtype, div: int, **arch) -> dict:
+def weights_info(folder: Path, *, encoder: Path, decoder: Path, labels: Path, epoch, enc_info: dict,
+                 dec_info: dict, dtype: torch.dtype, div: int, **arch) -> dict:
     """What an encoder/decoder segmenter loaded, for run.json: its files, epoch, ``arch`` entries, the
     stored dtypes (tensor counts), the dtype used, and the width divisor when the file is narrowed."""
-    info = {"folder": str(folder), "encoder": str(enc_path), "decoder": str(dec_path), "labels": str(label_path),
+    info = {"folder": str(folder), "encoder": str(encoder), "decoder": str(decoder), "labels": str(labels),
             "epoch": epoch, **arch, "stored_dtypes": stored_dtypes(enc_info, dec_info),
             "loaded_as": str(dtype).removeprefix("torch.")}
     if div != 1:

@@ -223,8 +223,9 @@ class SemsegSegmenter(segnets.NetSegmenter):
         self.labels = ["unlabelled"] + names
         self.categories = {name: "object" for name in self.labels}
         self.background = tuple(b for b in BACKGROUND if b in names)
-        self.weights_info = segnets.weights_info(folder, enc_path, dec_path, label_path, epoch, enc_info, dec_info,
-                                                 self.dtype, div, arch=f"{enc_name}-{dec_name}")
+        self.weights_info = segnets.weights_info(folder, encoder=enc_path, decoder=dec_path, labels=label_path,
+                                                 epoch=epoch, enc_info=enc_info, dec_info=dec_info, dtype=self.dtype,
+                                                 div=div, arch=f"{enc_name}-{dec_name}")
         self.device = torch.device("cpu")
         self.to(device)
 

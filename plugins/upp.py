@@ -169,8 +169,9 @@ class UPPSegmenter(segnets.NetSegmenter):
         layout = self._decoder_layout(decoder, vocab, div)
         decoder, dec_info = segnets.checked(decoder, layout, f"upp decoder ({dec_path})")
         self.net = UPPNet(encoder, decoder, depth).eval()
-        self.weights_info = segnets.weights_info(Path(weights), enc_path, dec_path, label_path, epoch, enc_info,
-                                                 dec_info, self.dtype, div, encoder_arch=depth)
+        self.weights_info = segnets.weights_info(Path(weights), encoder=enc_path, decoder=dec_path,
+                                                 labels=label_path, epoch=epoch, enc_info=enc_info,
+                                                 dec_info=dec_info, dtype=self.dtype, div=div, encoder_arch=depth)
         self.device = torch.device("cpu")
         self.to(device)
 

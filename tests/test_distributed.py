@@ -74,7 +74,7 @@ def test_shares_cover_every_item_once_in_whole_blocks():
         assert max(sizes) - min(sizes) <= 1  # balanced in blocks
 
 
-def test_processes_leave_together_unless_one_failed():
+def test_processes_leave_together_unless_one_failed(capsys):
     """A finished process waits at a barrier for the others before tearing its group down; one that
     failed does not (the others may be gone)."""
     calls = []
@@ -83,19 +83,27 @@ def test_processes_leave_together_unless_one_failed():
         def is_initialized(self):
             return True
 
-        def barrier(self, group=None):
+        def monitored_barrier(self, group=None, timeout=None):
             calls.append("barrier")
+            assert timeout is not None  # never forever: a failed peer never arrives
+            if fail:
+                raise RuntimeError("rank 1 failed to pass monitoredBarrier")
 
         def destroy_process_group(self):
             calls.append("destroy")
 
+    fail = False
     group = ProcessGroup.__new__(ProcessGroup)  # no torch.distributed behind it
-    group.dist, group.owned, group.world_size, group.group = FakeDist(), True, 2, None
+    group.dist, group.owned, group.rank, group.world_size, group.group = FakeDist(), True, 0, 2, None
     group.close(finished=True)
     assert calls == ["barrier", "destroy"]
     calls.clear()
     group.close(finished=False)
     assert calls == ["destroy"]
+    calls.clear()
+    fail = True  # a peer that never arrives: said, and the group torn down all the same
+    group.close(finished=True)
+    assert calls == ["barrier", "destroy"] and "leaving anyway" in capsys.readouterr().err
 
 
 def test_two_processes_give_the_numbers_of_one(one_process, tmp_path):

@@ -248,6 +248,10 @@ def test_build_name_changes_with_the_sources(tmp_path, monkeypatch):
     assert build.build_name(False) == before
     (copy / "intervene.h").write_text((copy / "intervene.h").read_text() + "\n// changed\n")
     assert build.build_name(False) != before
+    changed = build.build_name(False)
+    kernels = copy / "cuda" / "intervene_kernels.cuh"  # included by the .cu file only
+    kernels.write_text(kernels.read_text() + "\n// changed\n")
+    assert build.build_name(False) != changed
 
 
 def test_a_rebuild_is_announced_when_the_sources_are_newer_than_the_build(tmp_path, monkeypatch):
@@ -256,13 +260,19 @@ def test_a_rebuild_is_announced_when_the_sources_are_newer_than_the_build(tmp_pa
     monkeypatch.setattr(build, "csrc_dir", lambda: copy)
     build_dir = tmp_path / "build"
     build_dir.mkdir()
-    assert "once" in build.build_needed(build_dir)  # nothing built yet
+    assert "once" in build.build_needed(build_dir, "gandid_fused_x", False)  # nothing built yet
+    (build_dir / "gandid_fused_other.so").write_bytes(b"")  # another build's library does not count
+    assert "once" in build.build_needed(build_dir, "gandid_fused_x", False)
     library = build_dir / "gandid_fused_x.so"
     library.write_bytes(b"")
-    assert build.build_needed(build_dir) is None  # built after every source was written
-    newest = max(f.stat().st_mtime for f in copy.rglob("*.cpp"))
-    os.utime(library, (newest - 60, newest - 60))  # a source touched after the build: ninja rebuilds
-    assert "newer" in build.build_needed(build_dir)
+    assert build.build_needed(build_dir, "gandid_fused_x", False) is None  # built after every source
+    stamp = library.stat().st_mtime
+    cuda_source = copy / "cuda" / "intervene_cuda.cu"
+    os.utime(cuda_source, (stamp + 60, stamp + 60))  # not an input of a CPU build
+    assert build.build_needed(build_dir, "gandid_fused_x", False) is None
+    assert "newer" in build.build_needed(build_dir, "gandid_fused_x", True)
+    os.utime(copy / "intervene.h", (stamp + 60, stamp + 60))  # a header touched after the build
+    assert "newer" in build.build_needed(build_dir, "gandid_fused_x", False)
 
 
 NVCC = shutil.which("nvcc")

@@ -27,7 +27,7 @@ def test_the_world_has_every_class_and_realistic_layout():
     assert mean_row["ceiling"] < mean_row["wall"] < mean_row["floor"]
     per_image_chairs = [(lab == LABELS.index("chair")).any() for lab in labels]
     assert np.mean(per_image_chairs) > 0.95  # chairs in almost every room, around the table
-    # version 2: every object class large where present (at least 1.5 % of the image on average)
+    # version 2: every class large where present (at least 1.5 % of the image on average)
     area = np.stack([(labels == c).reshape(len(labels), -1).mean(1) for c in range(len(LABELS))], 1)
     for c, name in enumerate(LABELS):
         present = area[:, c] >= 0.005
@@ -142,20 +142,49 @@ def test_minibatch_std_is_per_group_of_four():
         expected = np.sqrt(group.var(0) + 1e-8).mean()
         np.testing.assert_allclose(got[i].numpy(), expected, rtol=1e-12)
     assert len({round(float(v), 9) for v in got[:, 0, 0, 0]}) == 3  # one number per group, not per batch
+    with pytest.raises(ValueError, match="divisible by 4"):
+        minibatch_std(x[:11])  # 11 is prime: no group of 2-4 samples
 
 
-def test_train_report_writes_the_model_cards_numbers(tmp_path, capsys):
+def test_a_resumed_training_run_continues_where_it_stopped(tmp_path):
+    """Two steps, a checkpoint, two more steps give the weights of four steps in one go (the latent
+    draws continue rather than replay)."""
+    from gandid_plugins.toyroom.gan import Trainer
+
+    real = torch.from_numpy(render_batch(range(8))[0])
+    straight = Trainer(seed=5, batch=8)
+    for _ in range(4):
+        straight.train_step(real)
+    first = Trainer(seed=5, batch=8)
+    for _ in range(2):
+        first.train_step(real)
+    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+    torch.manual_seed(123)  # whatever happened in between
+    resumed = Trainer(seed=5, batch=8)
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    for _ in range(2):
+        resumed.train_step(real)
+    for a, b in zip(straight.gen.parameters(), resumed.gen.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="the toyroom segmenter has not been trained yet")
+def test_train_report_writes_the_model_cards_numbers(tmp_path, capsys, monkeypatch):
     """`python -m gandid_plugins.toyroom.train report` end to end, on a few images of a random generator."""
     import json
 
     from safetensors.torch import save_file
 
     from gandid_plugins.toyroom.gan import init_generator
-    from gandid_plugins.toyroom.train import main
+    from gandid_plugins.toyroom import train
 
+    rendered = []
+    monkeypatch.setattr(train, "render_batch", lambda seeds: rendered.append(len(seeds)) or render_batch(seeds))
     weights = tmp_path / "g.safetensors"
     save_file({k: v.half().contiguous() for k, v in init_generator(2).net.state_dict().items()}, str(weights))
-    main(["report", "--images", "8", "--weights", str(weights), "--out", str(tmp_path / "report")])
+    train.main(["report", "--images", "8", "--weights", str(weights), "--out", str(tmp_path / "report")])
+    # IoU 8, class frequencies 8, Fréchet 2 x 8 renders, and the 32 of the render grid: as many as it says
+    assert sum(rendered) == 8 + 8 + 16 + 32, rendered
     result = json.loads((tmp_path / "report" / "report.json").read_text())
     assert set(result["segmenter_iou"]) == set(LABELS) and 0 <= result["segmenter_mean_iou"] <= 1
     assert set(result["class_frequencies"]["classes"]) == set(LABELS)

@@ -68,19 +68,23 @@ def build_name(with_cuda: bool, flags=()) -> str:
 
 
 def _source_files() -> list[Path]:
+    """Every C++/CUDA source and header (.cpp, .cu, .h, .cuh) under csrc, in a fixed order: what the
+    build's name hashes (a CPU build hashes the CUDA files too, which costs nothing and keeps one rule)."""
     root = csrc_dir()
-    return [f for f in sorted(root.rglob("*")) if f.suffix in (".h", ".cpp", ".cu")]
+    return [f for f in sorted(root.rglob("*")) if f.suffix in (".h", ".cuh", ".cpp", ".cu")]
 
 
-def build_needed(build_dir: Path) -> str | None:
-    """Why ``load`` will compile in ``build_dir`` (a sentence), or None when it will only load. ninja
-    rebuilds when a source file is newer than the built library even if its contents are the same (a
-    fresh checkout gives every file a new time), which took as long as the first build, without a word."""
-    built = sorted(build_dir.glob("*.so"))
-    if not built:
-        return "once for this machine, about a minute"
-    newest = max(f.stat().st_mtime for f in _source_files())
-    if newest > built[0].stat().st_mtime:
+def build_needed(build_dir: Path, name: str, with_cuda: bool) -> str | None:
+    """Why ``load`` will compile ``name`` in ``build_dir`` (a phrase), or None when it will only load it.
+    ninja rebuilds when one of the build's inputs (its sources and the headers they include) is newer
+    than the library even if its contents are the same (a fresh checkout gives every file a new time),
+    which took as long as the first build, without a word."""
+    library = build_dir / f"{name}.so"
+    if not library.exists():
+        return "once for this machine (half a minute to a minute)"
+    headers = (".h", ".cuh") if with_cuda else (".h",)
+    inputs = sources(with_cuda) + [f for f in _source_files() if f.suffix in headers]
+    if max(f.stat().st_mtime for f in inputs) > library.stat().st_mtime:
         return "again: its source files are newer than the build (new file times, e.g. a fresh checkout)"
     return None
 
@@ -103,7 +107,7 @@ def load(verbose: bool = False):
                   extra_cflags=flags + (["-DGANDID_WITH_CUDA"] if with_cuda else []),
                   extra_ldflags=["-fopenmp"], extra_cuda_cflags=["-O3", "-DGANDID_WITH_CUDA"], with_cuda=with_cuda,
                   verbose=verbose)
-    why = build_needed(build_dir)
+    why = build_needed(build_dir, name, with_cuda)
     if why and not verbose:
         import time
 

@@ -42,6 +42,9 @@ def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
     g = min(group, n)
     while n % g:
         g -= 1
+    if g == 1 and n > 1:  # a group of one has no spread: the layer would silently stop seeing collapse
+        raise ValueError(f"minibatch_std: no group of 2 to {group} samples divides the batch of {n}; "
+                         "use a batch size divisible by 4")
     spread = x.reshape(g, n // g, c, h, w)
     spread = (spread - spread.mean(0)).pow(2).mean(0).add(1e-8).sqrt().mean((1, 2, 3))  # (N / g,)
     return spread.repeat(g)[:, None, None, None].expand(n, 1, h, w)
@@ -116,7 +119,8 @@ class Trainer:
 
     def state_dict(self):
         return {"gen": self.gen.state_dict(), "disc": self.disc.state_dict(), "ema": self.ema.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "step": self.step}
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "step": self.step,
+                "rng": torch.get_rng_state()}
 
     def load_state_dict(self, state):
         self.gen.load_state_dict(state["gen"])
@@ -125,6 +129,8 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.step = state["step"]
+        if "rng" in state:  # else (a checkpoint from before it was saved) the resumed run replays the latents
+            torch.set_rng_state(state["rng"])
 
 
 def corrected_ema(state: dict, seed: int, decay: float = 0.999) -> dict:

@@ -29,10 +29,14 @@ class UNet(nn.Module):
         self.dec1 = block(2 * width, width)
         self.head = nn.Conv2d(width, classes, 1)
 
-    def forward(self, x):
+    def encode(self, x):
+        """The encoder's three levels: (N, w, H, W), (N, 2w, H/2, W/2) and the bottleneck (N, 4w, H/4, W/4)."""
         e1 = self.enc1(x)
         e2 = self.enc2(F.max_pool2d(e1, 2))
-        m = self.mid(F.max_pool2d(e2, 2))
+        return e1, e2, self.mid(F.max_pool2d(e2, 2))
+
+    def forward(self, x):
+        e1, e2, m = self.encode(x)
         d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
         d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
         return self.head(d1)

@@ -30,7 +30,7 @@ def miou(net, renders: int = 1000, batch: int = 100):
     net.eval()
     with torch.no_grad():
         for lo in range(0, renders, batch):
-            images, labels = render_batch(range(EVAL_SEED + lo, EVAL_SEED + lo + batch))
+            images, labels = render_batch(range(EVAL_SEED + lo, EVAL_SEED + min(lo + batch, renders)))
             pred = net(torch.from_numpy(images)).argmax(1).numpy()
             for c in range(len(LABELS)):
                 p, t = pred == c, labels == c
@@ -87,8 +87,6 @@ def train_segmenter(args):
 
 def train_generator(args):
     """Time-boxed GAN training with checkpoints (resumable), a log and sample grids."""
-    from safetensors.torch import save_file
-
     from .gan import Trainer
 
     out = Path(args.out)
@@ -189,10 +187,8 @@ def class_frequencies(images: int = 1000, batch: int = 100, weights: str | None 
 def bottleneck_features(seg, images: torch.Tensor) -> torch.Tensor:
     """(N, 3, 64, 64) images -> (N, 4 * width) float64: the segmenter's bottleneck (``mid``) averaged over
     its 16x16 positions, the feature space of :func:`frechet_distance`."""
-    net = seg.net
     with torch.no_grad():
-        encoded = net.enc2(F.max_pool2d(net.enc1(images.float()), 2))
-        return net.mid(F.max_pool2d(encoded, 2)).mean((2, 3)).double()
+        return seg.net.encode(images.float())[2].mean((2, 3)).double()
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -236,7 +232,8 @@ def generator_frechet(images: int = 1000, batch: int = 100, weights: str | None 
 
 def report(images: int, weights: str | None, out: Path) -> dict:
     """The model card's numbers: the segmenter's IoU on held-out renders, class frequencies on generated
-    images vs renders, the Fréchet distance, and a sample grid; written to ``out/report.json``."""
+    images vs renders, the Fréchet distance; written to ``out/report.json``, with class_frequencies.json
+    and .png and grids of generated images and of renders (samples_report.png, renders_report.png)."""
     from . import toyroom_generator
     from .segmenter import ToyroomSegmenter
 
@@ -253,7 +250,8 @@ def report(images: int, weights: str | None, out: Path) -> dict:
               f"{c['generated']['pixel_share']:6.1%} of pixels   renders {c['renders']['image_share']:6.1%} "
               f"{c['renders']['pixel_share']:6.1%}")
     print(f"Fréchet distance, generated vs renders: {frechet['generated_vs_renders']:.4f} "
-          f"(two sets of renders: {frechet['renders_vs_renders']:.4f})")
+          f"(two sets of renders: {frechet['renders_vs_renders']:.4f}); relative to the renders' feature "
+          f"variance: {frechet['relative']:.3f}")
     return result
 
 
