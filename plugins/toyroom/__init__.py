@@ -3,9 +3,9 @@ trained on it and a PG-GAN-layout generator trained on it (weights and recipe in
 from gandid import hookimpl
 
 # Sized so that `gandid run` with no arguments finishes in about two minutes on a 2-core CPU
-# (measured in README "Quickstart"): ACE's exact per-unit passes cost (1 + classes) x the screened
-# units x samples generated and segmented images, the DID 4 x samples per class. Give your own to
-# look closer.
+# (measured in README "Quickstart"): ACE's exact per-unit passes cost (each class's screened candidates
+# + the union of all classes' candidates, ablated once) x samples generated and segmented images, the
+# DID 4 x samples per class. Give your own to look closer.
 DEFAULT_RUN_OPTIONS = {
     "ace": {"min_area": 0.005, "context_locations": 8, "alpha_steps": 10, "alpha_samples": 4},
     "did": {"samples": 128},
