@@ -275,6 +275,21 @@ def test_a_rebuild_is_announced_when_the_sources_are_newer_than_the_build(tmp_pa
     assert "newer" in build.build_needed(build_dir, "gandid_fused_x", False)
 
 
+def test_the_build_uses_this_environments_ninja(tmp_path, monkeypatch):
+    """Two ninja versions hash commands differently and each rebuilt the other's build: while building,
+    the ninja next to this Python comes first on PATH, and PATH is restored afterwards."""
+    scripts = tmp_path / "bin"
+    scripts.mkdir()
+    monkeypatch.setattr(build.sysconfig, "get_path", lambda name: str(scripts))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    with build._this_environments_ninja():
+        assert os.environ["PATH"] == "/usr/bin:/bin"  # no ninja there: PATH as it was
+    (scripts / "ninja").write_text("")
+    with build._this_environments_ninja():
+        assert os.environ["PATH"].split(os.pathsep) == [str(scripts), "/usr/bin", "/bin"]
+    assert os.environ["PATH"] == "/usr/bin:/bin"
+
+
 NVCC = shutil.which("nvcc")
 
 

@@ -5,9 +5,11 @@ change to any of them builds afresh and an unchanged one loads in milliseconds.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
+import sysconfig
 import warnings
 from pathlib import Path
 
@@ -89,6 +91,24 @@ def build_needed(build_dir: Path, name: str, with_cuda: bool) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _this_environments_ninja():
+    """PATH with this Python environment's scripts folder first while building, so that the ninja pip
+    installed with gandid builds every time. Two ninja versions on one build folder (1.13 from pip when
+    a venv is activated, 1.11 from the system when it is not) hash the commands differently, so each
+    took the other's build for stale and compiled it all again, without a word."""
+    scripts = Path(sysconfig.get_path("scripts"))
+    path = os.environ.get("PATH", "")
+    if not (scripts / "ninja").exists() or path.split(os.pathsep)[0] == str(scripts):
+        yield
+        return
+    os.environ["PATH"] = str(scripts) + os.pathsep + path
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
 def load(verbose: bool = False):
     """Build (first time) and import the extension; raises on failure."""
     global _module
@@ -118,11 +138,12 @@ def load(verbose: bool = False):
         console.print(f"building gandid's fused C++{'/CUDA' if with_cuda else ''} op {why}; later runs "
                       f"reuse it from {build_dir}")
         t0 = time.perf_counter()
-        with console.status("compiling the fused op"):
+        with console.status("compiling the fused op"), _this_environments_ninja():
             _module = cpp_load(**kwargs)
         console.print(f"fused op built in {time.perf_counter() - t0:.0f} s")
     else:
-        _module = cpp_load(**kwargs)
+        with _this_environments_ninja():
+            _module = cpp_load(**kwargs)
     return _module
 
 
