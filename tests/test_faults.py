@@ -441,17 +441,21 @@ def test_a_signalled_cli_run_resumes_to_the_same_numbers(tmp_path, installed_plu
     toml = tmp_path / "slow.toml"
     toml.write_text("[analysis_options.count]\ndelay = 0.3\n")
     out = tmp_path / "out"
+    # SIGINT at its default in the run: a shell that starts the test suite in the background (`cmd &`
+    # without job control) ignores SIGINT for it, the run inherits that, and Ctrl-C never arrives
     proc = subprocess.Popen([sys.executable, "-m", "gandid.cli", *map(str, args(out, "--config", toml))],
-                            env=installed_plugins, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=installed_plugins, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "state" / "count.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.4)
+    assert proc.poll() is None, "the run ended before the test could signal it"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     record = json.loads((out / "run.json").read_text())
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "--resume" in stderr
+        assert proc.returncode == 130 and "--resume" in stderr, (proc.returncode, stderr[-3000:])
         assert record["status"] == "interrupted"
     else:  # nothing ran after the kill: run.json still says running, and the lock went with the process
         assert proc.returncode == -signal.SIGKILL and record["status"] == "running"
