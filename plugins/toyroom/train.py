@@ -133,15 +133,30 @@ def export_generator(checkpoint: Path, seed: int, target: Path, out: Path):
     print(f"exported step {state['step']} to {target}")
 
 
+@torch.no_grad()  # as a decorator it holds for each step of the generator only, not across its yields
+def paired_batches(images: int = 1000, batch: int = 100, weights: str | None = None):
+    """Yield ``(generated, rendered, exact)`` batches: (n, 3, 64, 64) images of the generator's latents
+    ``EVAL_SEED``, indices ``lo..lo+n``, clamped to [-1, 1]; renders of seeds ``EVAL_SEED + lo..`` and their
+    exact (n, 64, 64) labels. The report draws them once and hands them to each statistic."""
+    from . import toyroom_generator
+
+    gen = toyroom_generator(weights)
+    for lo in range(0, images, batch):
+        n = min(batch, images - lo)
+        rendered, exact = render_batch(range(EVAL_SEED + lo, EVAL_SEED + lo + n))
+        yield (gen.forward(gen.sample_z(n, seed=EVAL_SEED, start=lo)).clamp(-1, 1),
+               torch.from_numpy(rendered), torch.from_numpy(exact))
+
+
 def class_frequencies(images: int = 1000, batch: int = 100, weights: str | None = None, out: Path | None = None,
-                      min_area: float = 0.005):
+                      min_area: float = 0.005, batches=None):
     """Segmenter class statistics on generated images vs renders: for each class, the share of images
     showing it (at least ``min_area`` of the pixels) and its mean share of pixels. Renders are also
-    counted with their exact labels. Writes class_frequencies.json and .png into ``out``."""
-    from . import toyroom_generator
+    counted with their exact labels. Writes class_frequencies.json and .png into ``out``. ``batches``:
+    :func:`paired_batches` already drawn (``images`` of them in all), else drawn here."""
     from .segmenter import ToyroomSegmenter
 
-    gen, seg = toyroom_generator(weights), ToyroomSegmenter()
+    seg = ToyroomSegmenter()
     k = len(LABELS)
     sums = {name: {"images": np.zeros(k), "pixels": np.zeros(k)} for name in ("generated", "renders", "renders_exact")}
 
@@ -151,12 +166,10 @@ def class_frequencies(images: int = 1000, batch: int = 100, weights: str | None 
         sums[name]["pixels"] += area.sum(0)
 
     with torch.no_grad():
-        for lo in range(0, images, batch):
-            n = min(batch, images - lo)
-            add("generated", seg.segment(gen.forward(gen.sample_z(n, seed=EVAL_SEED, start=lo)).clamp(-1, 1)))
-            rendered, exact = render_batch(range(EVAL_SEED + lo, EVAL_SEED + lo + n))
-            add("renders", seg.segment(torch.from_numpy(rendered)))
-            add("renders_exact", torch.from_numpy(exact))
+        for generated, rendered, exact in batches or paired_batches(images, batch, weights):
+            add("generated", seg.segment(generated))
+            add("renders", seg.segment(rendered))
+            add("renders_exact", exact)
     result = {"images": images, "min_area": min_area, "classes": {
         LABELS[c]: {name: {"image_share": float(s["images"][c] / images), "pixel_share": float(s["pixels"][c] / images)}
                     for name, s in sums.items()} for c in range(k)}}
@@ -203,23 +216,22 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
 
 
-def generator_frechet(images: int = 1000, batch: int = 100, weights: str | None = None) -> dict:
+def generator_frechet(images: int = 1000, batch: int = 100, weights: str | None = None, batches=None) -> dict:
     """The Fréchet distance of ``images`` generated images to as many held-out renders, and, as its floor,
     of two disjoint sets of held-out renders, in the shipped segmenter's bottleneck features; ``relative``
-    is the first divided by the renders' total feature variance."""
-    from . import toyroom_generator
+    is the first divided by the renders' total feature variance. ``batches``: as in
+    :func:`class_frequencies`."""
     from .segmenter import ToyroomSegmenter
 
-    gen, seg = toyroom_generator(weights), ToyroomSegmenter()
+    seg = ToyroomSegmenter()
     feats = {"generated": [], "renders": [], "renders_other": []}
-    with torch.no_grad():
-        for lo in range(0, images, batch):
-            n = min(batch, images - lo)
-            feats["generated"].append(bottleneck_features(seg, gen.forward(gen.sample_z(n, seed=EVAL_SEED, start=lo))
-                                                          .clamp(-1, 1)))
-            for name, first in (("renders", EVAL_SEED), ("renders_other", EVAL_SEED + images)):
-                rendered, _ = render_batch(range(first + lo, first + lo + n))
-                feats[name].append(bottleneck_features(seg, torch.from_numpy(rendered)))
+    for generated, rendered, _ in batches or paired_batches(images, batch, weights):
+        feats["generated"].append(bottleneck_features(seg, generated))
+        feats["renders"].append(bottleneck_features(seg, rendered))
+    # the floor: renders of seeds disjoint from the ones above
+    for lo in range(0, images, batch):
+        other, _ = render_batch(range(EVAL_SEED + images + lo, EVAL_SEED + images + min(lo + batch, images)))
+        feats["renders_other"].append(bottleneck_features(seg, torch.from_numpy(other)))
     feats = {k: torch.cat(v) for k, v in feats.items()}
     spread = float(torch.cov(feats["renders"].T).trace())
     result = {"images": images, "generated_vs_renders": frechet_distance(feats["generated"], feats["renders"]),
@@ -238,8 +250,9 @@ def report(images: int, weights: str | None, out: Path) -> dict:
     from .segmenter import ToyroomSegmenter
 
     iou, mean_iou = miou(ToyroomSegmenter().net, renders=images)
-    freq = class_frequencies(images, weights=weights, out=out)
-    frechet = generator_frechet(images, weights=weights)
+    batches = list(paired_batches(images, weights=weights))  # 1,000 images: about 100 MB, drawn once for both
+    freq = class_frequencies(images, weights=weights, out=out, batches=batches)
+    frechet = generator_frechet(images, weights=weights, batches=batches)
     save_grid(toyroom_generator(weights), out / "samples_report.png")
     save_grid(None, out / "renders_report.png", seed=EVAL_SEED)
     result = {"segmenter_iou": iou, "segmenter_mean_iou": mean_iou, "class_frequencies": freq, "frechet": frechet}
