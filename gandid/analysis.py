@@ -213,12 +213,12 @@ class RunContext:
         finally:
             self.progress.remove_task(task)
 
-    def tally(self, stats: dict[str, Stat], key: str, save_every: float = SAVE_EVERY_SECONDS, decides: bool = False,
+    def tally(self, stats: dict[str, Stat], key: str, save_every: float | None = None, decides: bool = False,
               **batch_options) -> "Tally":
         """Stream batches into ``stats``, resumably: the statistics (and how many samples they cover)
         are restored from this stage's saved state under ``key``, the remaining batches are yielded for
         the caller to update ``stats`` with, and the statistics are saved at most every ``save_every``
-        seconds and when the stream ends. A save always holds whole batches, so a resumed run gives the
+        seconds (default :data:`SAVE_EVERY_SECONDS`, read at the call) and when the stream ends. A save always holds whole batches, so a resumed run gives the
         same numbers. ``batch_options`` go to :meth:`batches` (``samples``, ``seed``, ``layers``,
         ``segment``, ``description``, ``generate``); ``.done`` is the number of samples covered.
         Several processes each stream their share and merge the statistics when the stream ends;
@@ -285,9 +285,10 @@ class Tally:
     In a run of several processes each streams its own share of whole batches, and when the stream
     ends the statistics are merged across processes (``done`` then counts every process's samples)."""
 
-    def __init__(self, ctx: RunContext, stats: dict[str, Stat], key: str, save_every: float, batch_options: dict,
+    def __init__(self, ctx: RunContext, stats: dict[str, Stat], key: str, save_every: float | None, batch_options: dict,
                  decides: bool = False):
-        self.ctx, self.stats, self.key, self.save_every = ctx, stats, key, save_every
+        self.ctx, self.stats, self.key = ctx, stats, key
+        self.save_every = SAVE_EVERY_SECONDS if save_every is None else save_every
         self.batch_options, self.decides = batch_options, decides
         samples = batch_options.get("samples")
         samples = ctx.config.samples if samples is None else samples

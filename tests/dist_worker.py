@@ -4,24 +4,25 @@ file); ``python dist_worker.py OUT --merge SHARD_DIR...`` joins shards.
 
 ``GANDID_TEST_KILL_AT=K``: a process other than rank 0 kills itself (SIGKILL) at its K-th
 segmentation, to test that a run whose process died resumes to the same numbers.
+``GANDID_TEST_SAVE_EVERY=S``: statistics reach the disk every S seconds (0: after every batch).
 """
 import os
 import signal
 import sys
 import types
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import gandid.buffers  # noqa: E402
-from gandid import hookimpl  # noqa: E402
-from gandid.config import RunConfig  # noqa: E402
-from gandid.registry import Registry  # noqa: E402
-from gandid.runner import run  # noqa: E402
-from ground_truth import GroundTruthGenerator, GroundTruthSegmenter  # noqa: E402
+import gandid.analysis
+import gandid.buffers
+from gandid import hookimpl
+from gandid.config import RunConfig
+from gandid.registry import Registry
+from gandid.runner import run
+from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
 
 # Small engine chunks (3 units of 24 latents): ace's per-unit passes then have several chunks to split.
 gandid.buffers.CACHE_FRIENDLY_BYTES = 4 * 13 * 64 * 24 * 3
+if "GANDID_TEST_SAVE_EVERY" in os.environ:
+    gandid.analysis.SAVE_EVERY_SECONDS = float(os.environ["GANDID_TEST_SAVE_EVERY"])
 
 
 class CountingSegmenter(GroundTruthSegmenter):

@@ -2,8 +2,8 @@
 
 Every run here is the whole pipeline (dissect, ace, did, entangle) on the planted generator, each in
 its own process(es) started by the test (``dist_worker.py``); the reference is the same run by one
-process. Counts, seeds, thresholds and rankings must be equal, floats equal to 1e-9 relative (sums
-are float64; the processes merge them in another order than one process adds them).
+process. Counts, seeds, thresholds and rankings must be equal, other floats equal to 1e-9 relative
+(sums are float64; the processes merge them in another order than one process adds them).
 """
 import json
 import math
@@ -13,13 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gandid.distributed import Collective, ProcessGroup, split_range
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "dist_worker.py"
 ANALYSES = ("dissect", "ace", "did", "entangle")
-ENV = dict(os.environ, GANDID_THREADS="1", PYTHONPATH=str(HERE.parent))
+# the worker imports gandid from this checkout and ground_truth from this folder
+ENV = dict(os.environ, GANDID_THREADS="1", PYTHONPATH=os.pathsep.join((str(HERE.parent), str(HERE))))
 
 
 def launch(*args, processes=1, env=None, check=True):
@@ -34,8 +36,12 @@ def launch(*args, processes=1, env=None, check=True):
     return done
 
 
+EXACT_FLOATS = ("threshold",)  # keys whose floats must be bit-equal: a dissection threshold is an order statistic
+
+
 def assert_same(a, b, path=""):
-    """Equal JSON: floats to 1e-9 relative (or 1e-12 absolute near 0), everything else exactly."""
+    """Equal JSON: floats to 1e-9 relative (or 1e-12 absolute near 0) except under the keys of
+    :data:`EXACT_FLOATS`, everything else exactly."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), (path, set(a) ^ set(b))
         for key in a:
@@ -44,6 +50,8 @@ def assert_same(a, b, path=""):
         assert isinstance(b, list) and len(a) == len(b), (path, a, b)
         for i, (x, y) in enumerate(zip(a, b)):
             assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float) and path.rsplit(".", 1)[-1] in EXACT_FLOATS:
+        assert a == b, (path, a, b)
     elif isinstance(a, float) and isinstance(b, float):
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12), (path, a, b)
     else:
@@ -150,10 +158,16 @@ def test_two_shards_merged_give_the_numbers_of_one(one_process, tmp_path):
 
 def test_a_shard_killed_mid_stage_resumes_and_merges_to_the_same_numbers(one_process, tmp_path):
     launch(tmp_path / "shard0", "--shard", "0/2")
-    killed = launch(tmp_path / "shard1", "--shard", "1/2", env={"GANDID_TEST_KILL_AT": "10",
+    # statistics saved after every batch; the 3rd segmentation is in dissect's counting pass, one batch of it saved
+    killed = launch(tmp_path / "shard1", "--shard", "1/2", env={"GANDID_TEST_KILL_AT": "3", "GANDID_TEST_SAVE_EVERY": "0",
                                                               "GANDID_TEST_KILL_RANK": "1"}, check=False)
     assert killed.returncode == -9
-    assert json.loads((tmp_path / "shard1" / "run.json").read_text())["status"] == "running"
+    record = json.loads((tmp_path / "shard1" / "run.json").read_text())
+    assert record["status"] == "running"
+    stage = next(name for name, s in record["stages"].items() if s["status"] == "running")
+    saved = torch.load(tmp_path / "shard1" / "state" / f"{stage}.pt", weights_only=True)["tally"]
+    part_done = {key: t["done"] for key, t in saved.items() if t["share"][0] < t["done"] < t["share"][1]}
+    assert part_done, (stage, {key: (t["share"], t["done"]) for key, t in saved.items()})
     # an unfinished shard is refused by the merge
     refused = launch(tmp_path / "merged", "--merge", tmp_path / "shard0", tmp_path / "shard1", check=False)
     assert refused.returncode != 0 and "has not finished" in refused.stderr
@@ -166,13 +180,13 @@ def test_mismatched_shards_are_refused(tmp_path):
     from gandid.errors import ConfigError
     from gandid.merge import read_shards
 
-    def shard_record(folder, shard, seed=0, status="shard_done"):
+    def shard_record(folder, shard, seed=0, status="shard_done", version="x"):
         from gandid.outdir import MARKER
 
         folder.mkdir()
         config = {"seed": seed, "out": str(folder), "shard": shard, "samples": 40}
         (folder / "run.json").write_text(json.dumps({"format": MARKER, "config": config, "stages": {}, "files": [],
-                                                     "status": status, "versions": {"gandid": "x"}}))
+                                                     "status": status, "versions": {"gandid": version}}))
         return folder
 
     a = shard_record(tmp_path / "a", "0/2")
@@ -184,6 +198,7 @@ def test_mismatched_shards_are_refused(tmp_path):
         "config": ([a, shard_record(tmp_path / "c", "1/2", seed=1)], "another config"),
         "split": ([a, shard_record(tmp_path / "d", "1/3")], "different ways"),
         "unfinished": ([a, shard_record(tmp_path / "e", "1/2", status="running")], "has not finished"),
+        "versions": ([a, shard_record(tmp_path / "f", "1/2", version="y")], "other versions"),
     }
     for name, (folders, message) in cases.items():
         with pytest.raises(ConfigError, match=message):
@@ -192,3 +207,28 @@ def test_mismatched_shards_are_refused(tmp_path):
     whole.mkdir()
     with pytest.raises(ConfigError, match="not a gandid output folder"):
         read_shards([whole])
+
+
+def test_each_process_gets_its_gpu_and_its_part_of_the_cores(monkeypatch):
+    from gandid.distributed import process_device, split_threads
+
+    class Fourth(Collective):  # process 3 of 8, the 4th of 4 on its machine
+        world_size, local_rank, local_world_size = 8, 3, 4
+
+    assert process_device("cuda", Fourth()) == "cuda:3"
+    assert process_device("cuda:1", Fourth()) == "cuda:1"  # a device the user named stays
+    assert process_device("cpu", Fourth()) == "cpu" and process_device("cuda", Collective()) == "cuda"
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("GANDID_THREADS", raising=False)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(10)), raising=False)
+        assert split_threads(Fourth()) == 2 == torch.get_num_threads()  # 10 cores // 4 processes
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        assert split_threads(Fourth()) == 1  # never 0 threads
+        monkeypatch.setenv("GANDID_THREADS", "3")
+        assert split_threads(Fourth()) == 3 == torch.get_num_threads()
+        monkeypatch.delenv("GANDID_THREADS")
+        torch.set_num_threads(before)
+        assert split_threads(Collective()) == before  # one process: left as it is
+    finally:
+        torch.set_num_threads(before)
