@@ -15,6 +15,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 
+from .checkpoints import load_error
 from .distributed import Collective
 from .errors import GandidError
 from .hooks import Trace
@@ -81,7 +82,7 @@ def load_state_file(path: Path, stage: str) -> dict:
     try:
         state = torch.load(path, weights_only=True)
     except Exception as exc:
-        raise GandidError(f"the saved state of stage {stage!r} is damaged: {path} ({type(exc).__name__}: {exc}). "
+        raise GandidError(f"the saved state of stage {stage!r} is damaged: {path} ({load_error(exc)}). "
                           f"Start over with --force, or delete {path} and --resume to redo only {stage!r}"
                           ) from None
     if not isinstance(state, dict):

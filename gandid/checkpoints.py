@@ -26,6 +26,17 @@ def refusal_reason(exc: Exception) -> str:
     return "it holds objects beyond tensors and plain containers"
 
 
+def load_error(exc: Exception) -> str:
+    """``torch.load``'s failure in a few words, for a message: the unpickler's objection (see
+    :func:`refusal_reason`) or the error's first line, never torch's advice to load without
+    ``weights_only``."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return refusal_reason(exc)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = next((line for line in lines if "weights_only" not in line), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def load_state_dict_file(path) -> dict:
     """Tensors from ``.safetensors`` or a ``.pth``/``.pt`` file read with ``weights_only=True``.
 
@@ -56,8 +67,7 @@ def load_state_dict_file(path) -> dict:
                               "code or arbitrary objects. Convert it to a plain state dict (names to tensors) "
                               "or .safetensors in an environment you trust.") from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch file, damaged or truncated "
-                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        raise CheckpointError(f"{path}: not a readable PyTorch file, damaged or truncated ({load_error(exc)})"
                               ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got "

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import load_error
+from .errors import GandidError
+
 # How long a finished process waits for the others to finish too (rank 0 still writing the report).
 LEAVE_TIMEOUT = timedelta(minutes=10)
 
@@ -255,7 +258,11 @@ class Merge(Collective):
         out = []
         for folder in self.shard_dirs:
             path = folder / "state" / EXCHANGE_DIR / f"{self.stage}.pt"
-            out.append(torch.load(path, weights_only=True))  # tensors on the CPU
+            try:
+                out.append(torch.load(path, weights_only=True))  # tensors on the CPU
+            except Exception as exc:
+                raise GandidError(f"gandid merge: the shard statistics of stage {self.stage!r} in {path} cannot be "
+                                  f"read ({load_error(exc)}): run that shard again with --force") from None
         return out
 
     def describe(self) -> dict:

@@ -374,6 +374,13 @@ class Session:
         previous run, cleaning up after one that was killed, and say what was found."""
         previous = self.previous
         if previous is not None and self.cfg.force:
+            found, partial = [], outdir.stale_temporaries(out, previous)
+            if previous.get("status") == "running":
+                found.append("run.json said 'running'")
+            if partial:
+                found.append(f"it left partial writes: {', '.join(partial)}")
+            if found:
+                self._note(f"--force: the previous run was killed while running ({'; '.join(found)}); starting over")
             removed, kept = outdir.clear_run(out, previous)
             self._note(f"--force: removed {len(removed)} files of the previous run in {str(out)!r}"
                        + (f"; kept {len(kept)} files gandid did not write: {', '.join(kept[:8])}"
@@ -475,7 +482,11 @@ class Session:
         if self.collective.is_writer:
             data_file = Path(self.cfg.out) / f"{name}.json"
             if record["stages"].get(name, {}).get("status") == "done" and data_file.exists():
-                data = json.loads(data_file.read_text())
+                try:
+                    data = json.loads(data_file.read_text())
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise GandidError(f"the result of stage {name!r} is damaged: {data_file} ({exc}). Delete it and "
+                                      f"--resume to redo only {name!r}, or start over with --force") from None
         return self.collective.broadcast(data)
 
     def _write(self, path: Path, data: dict) -> None:

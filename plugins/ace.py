@@ -84,8 +84,8 @@ def best_unit_ace(entry: AceClassResult) -> list[float]:
     return [a if a is not None else fit["intercept"] + fit["slope"] * e for a, e in zip(entry["unit_ace"], estimate)]
 
 
-def check_class_names(analysis: str, names, segmenter) -> None:
-    """Refuse a class the segmenter does not know, naming the closest labels."""
+def check_class_names(analysis: str, names, segmenter, what: str = "classes") -> None:
+    """Refuse a class the segmenter does not know, naming the closest labels; ``what``: the option."""
     if names is None or segmenter is None:
         return
     labels = list(segmenter.labels)
@@ -93,7 +93,7 @@ def check_class_names(analysis: str, names, segmenter) -> None:
         if name not in labels:
             from gandid.errors import UnknownNameError
 
-            raise UnknownNameError(f"class in {analysis}'s classes", name, labels)
+            raise UnknownNameError(f"class in {analysis}'s {what}", name, labels)
 
 
 def ace_uncertainty(effects: torch.Tensor, top: list[int], seed: int, resamples: int = 1000) -> dict:

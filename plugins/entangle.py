@@ -21,7 +21,7 @@ import torch
 
 from gandid import hookimpl
 
-from .ace import best_unit_ace, read_ace_result
+from .ace import best_unit_ace, check_class_names, read_ace_result
 from .did import read_did_result
 
 BACKGROUND = ("unlabelled", "unlabeled", "background")
@@ -40,9 +40,21 @@ class Entangle:
 
     def __init__(self, survive_threshold: float = 0.5, emerge_threshold: float = 0.2,
                  overwhelming_ratio: float = 2.0, top_share_units: int = 20, background: list[str] | None = None):
+        for name, value in (("survive_threshold", survive_threshold), ("emerge_threshold", emerge_threshold)):
+            if not 0 < value < 1:
+                raise ValueError(f"entangle: {name} must be in (0, 1) (a fraction of the class's area), got {value}")
+        if not overwhelming_ratio >= 1:
+            raise ValueError(f"entangle: overwhelming_ratio must be at least 1 (top over second summed ACE), got "
+                             f"{overwhelming_ratio}")
+        if top_share_units < 1:
+            raise ValueError(f"entangle: top_share_units must be at least 1, got {top_share_units}")
         self.survive_threshold, self.emerge_threshold = survive_threshold, emerge_threshold
         self.overwhelming_ratio, self.top_share_units = overwhelming_ratio, top_share_units
         self.background = tuple(background) if background is not None else None
+
+    def check(self, generator, segmenter, layers):
+        """Before any work: the background classes given exist in the segmenter's vocabulary."""
+        check_class_names("entangle", self.background, segmenter, what="background")
 
     def run(self, ctx):
         ace, did = read_ace_result(ctx.results["ace"]), read_did_result(ctx.results["did"])

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from gandid.checkpoints import load_error
 from gandid.errors import CheckpointError
 
 PICKLE_PROTO = 0x80  # every pickle of protocol 2 or later starts with the PROTO opcode
@@ -163,9 +164,9 @@ def _load_from_bytes(data):
             warnings.simplefilter("ignore")  # TypedStorage deprecation notes: the format is what it is
             storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise _Refused(f"a tensor storage inside needs more than tensors ({str(exc).splitlines()[0]})") from None
+        raise _Refused(f"a tensor storage inside needs more than tensors ({load_error(exc)})") from None
     except Exception as exc:
-        raise _Refused(f"a tensor storage inside is damaged ({type(exc).__name__}: {exc})") from None
+        raise _Refused(f"a tensor storage inside is damaged ({load_error(exc)})") from None
     if not isinstance(storage, torch.TypedStorage):
         raise _Refused(f"a tensor storage inside holds a {type(storage).__name__}, not a storage")
     return _Storage(storage)

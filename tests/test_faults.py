@@ -203,6 +203,29 @@ def test_a_damaged_state_file_is_named_with_the_fix(tmp_path, registry, user_fil
     assert snapshot(home) == home_before
 
 
+def test_a_state_file_holding_objects_is_refused_without_torchs_advice(tmp_path, registry):
+    config = _interrupted(tmp_path, registry)
+    state = tmp_path / "out" / "state" / "count.pt"
+    # a pickle torch's tensors-only loader refuses, with its advice to load it unsafely
+    torch.save({"tally": {}, "extra": Path("x")}, state)
+    with pytest.raises(GandidError) as refused:
+        run(config, registry=registry)
+    message = str(refused.value)
+    assert "saved state of stage 'count' is damaged" in message and "Python object pathlib" in message
+    assert "weights_only" not in message and "will likely succeed" not in message
+
+
+def test_a_damaged_result_of_a_finished_stage_is_named_with_the_fix(tmp_path, registry):
+    config = cfg(tmp_path, analysis=["count", "unitstats"])
+    whole = run(config, registry=registry)
+    (tmp_path / "out" / "count.json").write_text('{"half a resu')
+    config.resume = True
+    with pytest.raises(GandidError, match=r"result of stage 'count' is damaged: .*count\.json.*Delete it and --resume"):
+        run(config, registry=registry)
+    (tmp_path / "out" / "count.json").unlink()  # the fix the message gives
+    assert run(config, registry=registry).results["count"] == whole.results["count"]
+
+
 def test_kill_9_leftovers_are_cleaned_up_on_resume(tmp_path, registry):
     whole = run(cfg(tmp_path, out=str(tmp_path / "whole")), registry=registry)
     config = _interrupted(tmp_path, registry)
@@ -229,7 +252,14 @@ def test_kill_9_leftovers_are_cleaned_up_by_force(tmp_path, registry):
     out = tmp_path / "out"
     (out / "state" / "count.tmp").write_bytes(b"")
     (out / "run.json.tmp").write_bytes(b"")
-    assert run(cfg(tmp_path, force=True), registry=registry).status == "completed"
+    record = json.loads((out / "run.json").read_text())
+    record["status"] = "running"
+    (out / "run.json").write_text(json.dumps(record))
+    messages = []
+    assert run(cfg(tmp_path, force=True), registry=registry, console=_RecordingConsole(messages)).status == "completed"
+    said = "\n".join(messages)
+    assert "killed while running (run.json said 'running'; it left partial writes: " in said, said
+    assert "state/count.tmp" in said and "starting over" in said
     assert not (out / "state" / "count.tmp").exists() and not (out / "run.json.tmp").exists()
 
 
@@ -276,6 +306,9 @@ def _toml(tmp_path, config, **analysis_options) -> Path:
     ("ace", {"classes": ["windw"]}, "unknown class in ace's classes 'windw'; did you mean 'window'?"),
     ("did", {"sites": ["layer9.nrom"]}, "unknown norm site in did's sites 'layer9.nrom'"),
     ("ace", {"top_k": 0}, "ace: top_k must be at least 1"),
+    ("entangle", {"survive_threshold": 50}, "entangle: survive_threshold must be in (0, 1)"),
+    ("entangle", {"background": ["wall", "flor"]}, "unknown class in entangle's background 'flor'; did you mean "
+                                                   "'floor' or 'door'?"),
 ])
 def test_real_analyses_refuse_bad_options_before_any_work(tmp_path, analysis, options, message):
     """The shipped plugins and the toyroom models, through the command line: a message, never a traceback."""

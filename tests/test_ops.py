@@ -336,3 +336,26 @@ def test_gandid_bench_and_build_ext_commands(tmp_path, capsys):
     assert {"ext_out / copy_", "ext_alloc / clone"} <= set(data["ratios"][0])
     assert main(["bench", "--quick", "--methods", "copy_,ext_ot"]) == 2  # unknown method named with a suggestion
     assert "did you mean 'ext_out'" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_first_build_says_what_happens_and_that_it_happens_once(tmp_path, monkeypatch, capsys):
+    """The half minute of the first build: a line (logs show no spinner), a spinner, and the time taken."""
+    import rich.console
+    import torch.utils.cpp_extension
+
+    compiled, spinners = [], []
+    monkeypatch.setattr(build, "_module", None)
+    monkeypatch.setattr(build, "cache_root", lambda: tmp_path)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: compiled.append(kw["name"]) or "ext")
+    real_status = rich.console.Console.status
+    monkeypatch.setattr(rich.console.Console, "status",
+                        lambda self, text, **kw: spinners.append(text) or real_status(self, text, **kw))
+    assert build.load() == "ext" and len(compiled) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert "building gandid's fused C++" in said and "op once for this machine" in said, said
+    assert f"later runs reuse it from {tmp_path}" in said and "fused op built in" in said
+    assert spinners == ["compiling the fused op"]
+    # built: a later load says nothing
+    monkeypatch.setattr(build, "_module", None)
+    (tmp_path / compiled[0] / f"{compiled[0]}.so").write_bytes(b"")
+    assert build.load() == "ext" and len(compiled) == 2 and capsys.readouterr().err == ""
