@@ -94,10 +94,10 @@ def norm_overrides(generator: Generator, fns: Mapping[str, Callable]):
 
     For a pixel-norm site ``fn`` maps the layer output x (N, C, h, w) to the normalised output; for a
     demodulation site it maps the coefficients d (N, out) to the coefficients used; for an
-    instance-norm site the statistics (N, 2, C) (means, stds) to the statistics used. Removed on
-    exit, also when the block raises.
+    instance-norm site the statistics (N, 2, C) (means, stds) to the statistics used. On exit (also
+    when the block raises) each site gets back the override it had, so blocks nest.
     """
-    modules = []
+    previous = []  # (module, its override before this block), in the order set
     try:
         for site, fn in fns.items():
             module = generator.norm_module(site)
@@ -105,12 +105,12 @@ def norm_overrides(generator: Generator, fns: Mapping[str, Callable]):
                 raise TypeError(f"norm site {site!r} ({type(module).__name__}) has no 'override' attribute; the "
                                 "engine cannot control it (pixel norms should be gandid.model.PixelNorm, instance norms "
                                 "gandid.model.InstanceNorm)")
+            previous.append((module, module.override))
             module.override = fn
-            modules.append(module)
         yield
     finally:
-        for module in modules:
-            module.override = None
+        for module, before in reversed(previous):
+            module.override = before
 
 
 def norm_site_reading(generator: Generator, layer: str) -> str | None:

@@ -36,7 +36,7 @@ class NormSite:
     layer: str | None = None
 
 
-GENERATOR_OPTIONAL = ("default_layer", "analysis_defaults", "weights_info", "checkpoint")
+GENERATOR_OPTIONAL = ("default_layer", "analysis_defaults", "weights_info", "checkpoint", "noise_draws")
 SEGMENTER_OPTIONAL = ("categories", "background", "differentiable")
 
 
@@ -49,7 +49,8 @@ class Generator(Protocol):
     given), ``analysis_defaults`` ({analysis: {option: value}}: options sized to this model, applied
     under the user's own), ``weights_info`` ({file, stored_dtypes, loaded_as}, recorded in run.json) and
     ``checkpoint()`` -> (tensors, config): what `gandid convert` writes, a file this generator's plugin
-    loads back (default: ``state_dict()`` and no config)."""
+    loads back (default: ``state_dict()`` and no config), and ``noise_draws(draw)``: a context manager
+    inside which the generator's noise inputs are draw number ``draw`` (the ``noise`` analysis)."""
 
 
     z_dim: int

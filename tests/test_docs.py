@@ -60,7 +60,9 @@ def test_the_readme_covers_every_hook_and_protocol_member():
         "Segmenter": protocol_members(Segmenter) + list(SEGMENTER_OPTIONAL),
         "Analysis": protocol_members(Analysis) + list(ANALYSIS_OPTIONAL),
     }
-    missing = [(kind, name) for kind, names in members.items() for name in names if f"`{name}" not in text]
+    # the name as a whole word after a backtick: `forward` is not covered by `forward_from`
+    missing = [(kind, name) for kind, names in members.items() for name in names
+               if not re.search(rf"`(\w+\.)*{re.escape(name)}(?!\w)", text)]
     assert missing == []
 
 

@@ -153,3 +153,24 @@ def test_run_analysis_runs_one_analysis_without_the_runner(tmp_path):
     expected = trace["layer2"].double().mean((0, 2, 3))
     assert result["samples"] == 6
     assert torch.allclose(torch.tensor(result["mean"], dtype=torch.float64), expected, rtol=1e-6)
+
+
+def test_norm_overrides_nest_and_give_back_what_was_there():
+    from gandid.hooks import norm_overrides
+    from gandid.testing import TinyGenerator
+
+    gen = TinyGenerator()
+    z = gen.sample_z(3, 0)
+    plain = gen.forward(z)
+    zero, double = (lambda x: x * 0), (lambda x: x * 2)
+    with norm_overrides(gen, {"out.norm": zero}):
+        outer = gen.forward(z)
+        with norm_overrides(gen, {"out.norm": double, "layer2.norm": double}):
+            assert gen.norm_module("out.norm").override is double
+        assert gen.norm_module("out.norm").override is zero and gen.norm_module("layer2.norm").override is None
+        assert torch.equal(gen.forward(z), outer)
+        with pytest.raises(RuntimeError), norm_overrides(gen, {"out.norm": double}):
+            raise RuntimeError("the block fails")
+        assert gen.norm_module("out.norm").override is zero
+    assert gen.norm_module("out.norm").override is None and torch.equal(gen.forward(z), plain)
+    assert not torch.equal(outer, plain)
