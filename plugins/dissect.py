@@ -25,7 +25,12 @@ top quantile is an atom, e.g. a saturated one, would otherwise never be active).
   label's candidate. The IoU and IQR reported are counted on the run's samples at that threshold
   (strictly above it, as there); a unit is interpretable when IQR > ``iqr_threshold`` (0.01) and IoU >
   ``iou_threshold``. As in that code, the table's "unit on" fraction is counted within the images that
-  contain the label's category while the label's own fractions are over all pixels.
+  contain the label's category while the label's own fractions are over all pixels. Each unit also
+  carries ``iqr_label``: the label, fit IQR, threshold and top fraction that the authors' report
+  records (``iqr_label``, ``iqr_level``, ``iqr_quantile`` in ``generate_report``) give, where (unit,
+  label) pairs whose best level leaves more than half of the pixels on are ignored; the authors' code
+  does not apply that rule to the label and threshold it scores (the line is commented out in
+  ``dissect``), and neither does gandid.
 
 With a segmenter that names categories (object, part, material, ...), the IoU is GAN Dissection's
 category-conditioned IoU (``category_conditioned``): a unit's active pixels are counted only in the
@@ -50,6 +55,9 @@ MODES = ("quantile", "iqr")
 # GAN Dissection's IQR candidates: top fractions 1e-3 .. 1, log-spaced (gandissect collect_iqr).
 IQR_FRACTIONS = torch.logspace(-3, 0, 100, dtype=torch.float64)
 NO_LABEL = ("unlabelled", "unlabeled")  # GAN Dissection's label 0: never an interpretable unit's label
+# gandissect's report records (generate_report: iqr_label, iqr_level, iqr_quantile) skip (unit, label)
+# pairs whose best level leaves more than half of the pixels on
+REPORT_MAX_FRACTION = 0.5
 
 
 def upsampled(features: torch.Tensor, size) -> torch.Tensor:
@@ -123,10 +131,16 @@ def iqr_table(levels, above_label, above_category, label_pixels, category_pixels
     return iqr, iou
 
 
-def choose_by_iqr(iqr: torch.Tensor, levels: torch.Tensor):
+def choose_by_iqr(iqr: torch.Tensor, levels: torch.Tensor, max_fraction: float | None = None):
     """Per unit: (label (U,), threshold (U,), fit IQR (U,), top fraction index (U,)). Each (unit, label)
-    keeps its best level; the unit takes the label whose best IQR is highest (gandissect's argmax)."""
+    keeps its best level; the unit takes the label whose best IQR is highest (gandissect's argmax).
+    ``max_fraction``: ignore (unit, label) pairs whose best level leaves more than that fraction of the
+    pixels on (gandissect applies 0.5 to the ``iqr_label`` of its report records, not to the label and
+    threshold that ``dissect`` scores: that line is commented out there)."""
     best_iqr, bucket = iqr.max(2)  # (U, L)
+    if max_fraction is not None:
+        best_iqr = torch.where(IQR_FRACTIONS.to(bucket.device)[bucket] > max_fraction,
+                               torch.zeros_like(best_iqr), best_iqr)
     label = best_iqr.argmax(1)  # (U,)
     units = torch.arange(len(label), device=label.device)
     chosen_bucket = bucket[units, label]
@@ -229,8 +243,11 @@ class Dissect:
         iqr, _ = iqr_table(levels, counts["above_label"], counts["above_category"], counts["label_pixels"],
                            counts["category_pixels"], counts["all_pixels"], categories.of_label.to(levels.device))
         label, threshold, fit_iqr, bucket = choose_by_iqr(iqr, levels)
+        report_label, report_threshold, report_iqr, report_bucket = choose_by_iqr(iqr, levels, REPORT_MAX_FRACTION)
         return {"thresholds": threshold.float(), "fit_label": label, "fit_iqr": fit_iqr,
-                "fit_fraction": fractions[bucket], "levels": levels}
+                "fit_fraction": fractions[bucket], "levels": levels,
+                "report_label": report_label, "report_iqr": report_iqr, "report_threshold": report_threshold,
+                "report_fraction": fractions[report_bucket]}
 
     def exact_quantile(self, ctx, layer, hist: Histogram, q: float) -> torch.Tensor:
         """(U,) each unit's exact q-quantile over the fit set's raw feature-map pixels: the order statistic
@@ -416,6 +433,11 @@ class Dissect:
             if self.mode == "iqr":
                 entry.update(iqr=float(iqr[u, c]), fit_iqr=float(fit["fit_iqr"][u]),
                              fit_top_fraction=float(fit["fit_fraction"][u]))
+                if "report_label" in fit:  # (absent from a fit saved by gandid before 2026-11-24)
+                    entry["iqr_label"] = {"label": labels[int(fit["report_label"][u])],
+                                          "fit_iqr": float(fit["report_iqr"][u]),
+                                          "threshold": float(fit["report_threshold"][u]),
+                                          "fit_top_fraction": float(fit["report_fraction"][u])}
                 passes = passes and entry["iqr"] > self.iqr_threshold
             entry["interpretable"] = bool(passes)
             units.append(entry)

@@ -243,9 +243,11 @@ def test_consumers_read_the_typed_results(ace_result):
     assert set(result["entangle"]["classes"]) == set(did["classes"])
 
 
-def brute_force_iqr(levels, samples, seed):
+def brute_force_iqr(levels, samples, seed, fractions=None):
     """GAN Dissection's IQR selection written out directly (gandissect collect_iqr + dissect), on all
-    fit samples in memory: returns per unit (label, level index, IQR)."""
+    fit samples in memory: returns per unit (label, level index, IQR); with the candidates' top
+    ``fractions`` (V,), that of its report records instead (generate_report's iqr_label: pairs whose
+    best level has a top fraction above 0.5 are skipped)."""
     import math
 
     gen, seg = GroundTruthGenerator(), GroundTruthSegmenter()
@@ -277,6 +279,8 @@ def brute_force_iqr(levels, samples, seed):
                 iqr = 0.0 if excluded else max(mi, 0.0) / je
                 if iqr > best_c[0]:
                     best_c = (iqr, v)
+            if fractions is not None and float(fractions[best_c[1]]) > 0.5:
+                continue
             if best_c[0] > best[0]:
                 best = (best_c[0], c, best_c[1])
         out.append((best[1], best[2], best[0]))
@@ -297,6 +301,42 @@ def test_iqr_matches_a_direct_implementation_of_gan_dissections_selection(tmp_pa
             assert float(fit["thresholds"][u]) == pytest.approx(float(levels[u, level]), rel=1e-6), u
             assert float(fit["fit_fraction"][u]) == pytest.approx(float(IQR_FRACTIONS[level]), rel=1e-12)
         assert float(fit["fit_iqr"][u]) == pytest.approx(iqr, abs=1e-9), u
+    # the label of the authors' report records, and what dissect.json says of it
+    units = json.loads((tmp_path / "out" / "dissect.json").read_text())["layers"]["feat"]["units"]
+    reported = brute_force_iqr(levels, 32, cfg.seed + FIT_SEED_OFFSET, fractions=IQR_FRACTIONS)
+    for u, (label, level, iqr) in enumerate(reported):
+        entry = units[u]["iqr_label"]
+        if iqr > 0:
+            assert entry["label"] == LABELS[label], u
+            assert entry["threshold"] == pytest.approx(float(levels[u, level]), rel=1e-6), u
+            assert entry["fit_top_fraction"] == pytest.approx(float(IQR_FRACTIONS[level]), rel=1e-12)
+        assert entry["fit_iqr"] == pytest.approx(iqr, abs=1e-9), u
+
+
+def test_the_report_label_skips_pairs_whose_best_level_leaves_most_pixels_on():
+    """choose_by_iqr against a loop, on random IQR tables where the 0.5 rule changes most choices."""
+    from gandid_plugins.dissect import IQR_FRACTIONS, choose_by_iqr
+
+    g = torch.Generator().manual_seed(5)
+    iqr = torch.rand(40, 6, 100, generator=g, dtype=torch.float64) ** 8  # a few high peaks per row
+    levels = torch.randn(40, 100, generator=g, dtype=torch.float64).sort(1, descending=True).values
+    changed = 0
+    for max_fraction in (None, 0.5):
+        label, threshold, best, bucket = choose_by_iqr(iqr, levels, max_fraction)
+        for u in range(40):
+            pairs = []  # (best IQR, label, level) of each label, in label order
+            for c in range(6):
+                v = max(range(100), key=lambda k: (float(iqr[u, c, k]), -k))
+                if max_fraction is None or float(IQR_FRACTIONS[v]) <= max_fraction:
+                    pairs.append((float(iqr[u, c, v]), c, v))
+            top, c, v = max(pairs, key=lambda t: (t[0], -t[1]))
+            assert (int(label[u]), int(bucket[u]), float(best[u])) == (c, v, top), (max_fraction, u)
+            assert float(threshold[u]) == float(levels[u, v])
+        if max_fraction is None:
+            unrestricted = label.clone()
+        else:
+            changed = int((label != unrestricted).sum())
+    assert changed > 10
 
 
 def test_iqr_finds_nothing_in_units_unrelated_to_the_objects(tmp_path):
