@@ -15,8 +15,9 @@ top quantile is an atom, e.g. a saturated one, would otherwise never be active).
   (CSAILVision/gandissect ``netdissect/dissection.py``: ``collect_iqr``, ``mutual_information``,
   ``joint_entropy``, and the label choice in ``dissect``/``generate_report``). Candidate thresholds are
   the unit's unconditional quantiles at 100 log-spaced top fractions from 1e-3 to 1 (from a 2048-bin
-  histogram of the fit set, linear inside the bin: each within one bin width, 1/1024 of the first
-  batch's range, of the exact quantile, when no value falls outside twice that range). For each unit,
+  histogram over the unit's exact range on the fit set, linear inside the bin: each within one bin
+  width, 1/2048 of that range, of the exact q-quantile, the smallest value with a fraction q of the
+  values at or below it, whatever the distribution). For each unit,
   label and candidate the 2x2 table of pixel fractions (unit above / not above x label / not label) is
   counted exactly on the fit set; IQR = I / H of that table (natural log). Excluded (IQR 0): the last
   candidate (fraction 1), labels covering less than 1e-3 of the pixels, candidates whose pixel
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 
 from gandid import hookimpl
 from gandid.segmentation import distinct_planes, presence
-from gandid.stats import Histogram, Sum, TopK
+from gandid.stats import Histogram, Maximum, Sum, TopK
 
 FIT_SEED_OFFSET = 1_000_003  # the fit set's seed: config seed + this, so fit and test samples differ
 MODES = ("quantile", "iqr")
@@ -209,19 +210,35 @@ class Dissect:
         return ctx.tally(stats, key=f"{layer}/{key}", samples=self.fit_samples, seed=ctx.config.seed + FIT_SEED_OFFSET,
                          layers=[layer], decides=True, **options)
 
+    def fit_range(self, ctx, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi), each (U,): every unit's smallest and largest activation over the whole fit set. A
+        prefix-only pass over the raw map suffices: bilinear upsampling only averages its pixels."""
+        channels = next(info.channels for info in ctx.generator.layers if info.name == layer)
+        top, negated_bottom = Maximum((channels,), device=ctx.device), Maximum((channels,), device=ctx.device)
+        for batch in self.fit_batches(ctx, layer, "range", stats={"max": top, "negated_min": negated_bottom},
+                                      segment=False, features_only=True, description=f"dissect {layer}: fit range"):
+            pixels = raw_pixels(batch.features[layer])
+            top.update(pixels.amax(1))
+            negated_bottom.update(-pixels.amin(1))
+        return -negated_bottom.value, top.value
+
     def fit_histogram(self, ctx, layer: str, bins: int, raw: bool = False) -> Histogram:
         """Histogram of each unit's activations over the fit set: upsampled to the segmentation's size,
-        or the raw feature map (``raw``)."""
-        # the range from the fit set's first batch (every process reads it), widened: later values clamp
-        # into the end bins
-        first = next(iter(ctx.batches(samples=min(ctx.config.batch_size, self.fit_samples),
-                                      seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer], segment=False,
-                                      features_only=raw, description=f"dissect {layer}: fit range")))
-        feats = first.features[layer]
-        flat = feats.transpose(0, 1).reshape(feats.shape[1], -1).double()
-        lo, hi = flat.min(1).values, flat.max(1).values
-        span = (hi - lo).clamp_min(1e-6)
-        hist = Histogram(lo - 0.5 * span, hi + 0.5 * span, bins)
+        over each unit's exact range (so every quantile it gives is within one bin width of the exact
+        one), or the raw feature map (``raw``: only a first guess for :meth:`exact_quantile`)."""
+        if raw:
+            # the range from the fit set's first batch (every process reads it), widened: later values
+            # clamp into the end bins, and the exact quantile's second pass does not depend on it
+            first = next(iter(ctx.batches(samples=min(ctx.config.batch_size, self.fit_samples),
+                                          seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer], segment=False,
+                                          features_only=raw, description=f"dissect {layer}: fit range")))
+            flat = raw_pixels(first.features[layer]).double()
+            lo, hi = flat.min(1).values, flat.max(1).values
+            span = (hi - lo).clamp_min(1e-6)
+            lo, hi = lo - 0.5 * span, hi + 0.5 * span
+        else:
+            lo, hi = self.fit_range(ctx, layer)
+        hist = Histogram(lo, hi, bins)
         for batch in self.fit_batches(ctx, layer, "raw histogram" if raw else "histogram", stats={"hist": hist},
                                       segment=False, features_only=raw,
                                       description=f"dissect {layer}: fit thresholds"):

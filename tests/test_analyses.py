@@ -11,6 +11,7 @@ from gandid.outdir import MARKER
 from gandid.registry import Registry
 from gandid.runner import run
 from ground_truth import LABELS, GroundTruthGenerator, GroundTruthSegmenter
+from test_stats import inverse_cdf
 
 
 @pytest.fixture
@@ -294,6 +295,16 @@ def test_iqr_matches_a_direct_implementation_of_gan_dissections_selection(tmp_pa
     assert run(cfg, registry=gt_registry).status == "completed"
     fit = torch.load(tmp_path / "out" / "state" / "dissect.pt", weights_only=True)["fits"]["feat"]
     levels = fit["levels"]
+    # the stated bound: each candidate level within 1/2048 of the unit's range of the exact quantile (rank
+    # ceil(q N)) of the fit set's upsampled activations
+    gen = GroundTruthGenerator()
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(gen.feat(gen.sample_z(32, cfg.seed + FIT_SEED_OFFSET)), size=(16, 16),
+                                             mode="bilinear", align_corners=False)
+    values = up.transpose(0, 1).reshape(up.shape[1], -1).double()
+    exact = torch.stack([inverse_cdf(values, float(q)) for q in 1 - IQR_FRACTIONS], 1)  # (U, V)
+    width = (values.max(1).values - values.min(1).values) / 2048
+    assert ((levels - exact).abs() <= width[:, None] * (1 + 1e-9) + 1e-12).all(), (levels - exact).abs().max()
     expected = brute_force_iqr(levels, 32, cfg.seed + FIT_SEED_OFFSET)
     for u, (label, level, iqr) in enumerate(expected):
         if iqr > 0:  # a unit with no admissible level has no defined label (gandissect's argmax of zeros)

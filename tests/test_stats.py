@@ -1,4 +1,6 @@
 """Mergeable statistics: two halves merged equal the whole (what multi-process runs rely on)."""
+import math
+
 import pytest
 import torch
 
@@ -20,6 +22,33 @@ def test_histogram_merge_and_quantile():
     assert torch.allclose(q, exact, atol=16 / 1024)  # within one bin
     restored = Histogram.from_state(whole.state_dict())
     assert torch.equal(restored.quantile(0.5), whole.quantile(0.5))
+
+
+def inverse_cdf(values: torch.Tensor, q: float) -> torch.Tensor:
+    """(R,) the order statistic of rank ceil(q N) (1-based) of each row of values (R, N)."""
+    rank = max(1, math.ceil(q * values.shape[1]))
+    return values.sort(1).values[:, rank - 1]
+
+
+def test_histogram_quantiles_within_one_bin_on_atoms_and_heavy_tails():
+    """Over each row's exact range (what dissect's IQR levels use) every q-quantile is within one bin width
+    of the exact one, the order statistic of rank ceil(q N) (the smallest value with a fraction q of
+    the values at or below it), for rows with atoms (a ReLU's zeros, a saturated maximum) and heavy
+    tails."""
+    g = torch.Generator().manual_seed(3)
+    n = 20000
+    relu = torch.randn(n, generator=g, dtype=torch.float64).clamp_min(0)  # half of it an atom at 0
+    saturated = torch.randn(n, generator=g, dtype=torch.float64).clamp(max=0.3)  # an atom at the top
+    cauchy = torch.tan(torch.pi * (torch.rand(n, generator=g, dtype=torch.float64) - 0.5))  # no mean
+    pareto = torch.rand(n, generator=g, dtype=torch.float64) ** (-1 / 1.5)  # tail index 1.5
+    data = torch.stack([relu, saturated, cauchy, pareto])
+    lo, hi = data.min(1).values, data.max(1).values
+    hist = Histogram(lo, hi, 2048)
+    hist.update(data)
+    width = (hi - lo) / 2048
+    for q in 1 - torch.logspace(-3, 0, 100, dtype=torch.float64):
+        exact = inverse_cdf(data, float(q))
+        assert ((hist.quantile(float(q)) - exact).abs() <= width * (1 + 1e-9)).all(), float(q)
 
 
 def test_topk_merge_is_order_independent():
