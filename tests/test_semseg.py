@@ -190,3 +190,55 @@ def test_registered_as_a_segmenter():
 
     entry = registry_with(semseg_module).get("segmenter", "semseg")
     assert "ADE20K" in entry.description
+
+
+# a few published shapes read off the upstream constructors (mit_semseg/models/resnet.py, hrnet.py,
+# models.py): the deep stem, the last bottleneck, HRNetV2's 720 channels, the decoders' last convolutions
+PUBLISHED_SHAPES = {
+    "resnet50": {"conv1.weight": (64, 3, 3, 3), "conv3.weight": (128, 64, 3, 3),
+                 "layer4.2.conv3.weight": (2048, 512, 1, 1)},
+    "resnet101": {"layer3.22.conv2.weight": (256, 256, 3, 3), "layer4.2.conv3.weight": (2048, 512, 1, 1)},
+    "resnet18": {"layer4.1.conv2.weight": (512, 512, 3, 3)},
+    "ppm_deepsup": {"conv_last.0.weight": (512, 2048 + 4 * 512, 3, 3), "conv_last.4.weight": (150, 512, 1, 1),
+                    "cbr_deepsup.0.weight": (512, 1024, 3, 3)},
+    "upernet": {"conv_last.0.0.weight": (512, 4 * 512, 3, 3), "conv_last.1.weight": (150, 512, 1, 1)},
+    "c1": {"cbr.0.weight": (180, 720, 3, 3), "conv_last.weight": (150, 180, 1, 1)},
+}
+
+
+@pytest.mark.parametrize("encoder,decoder,epoch", ARCHS)
+def test_the_published_widths_pass_the_layout_check(encoder, decoder, epoch):
+    """Every file above at its published width (divisor 1, as downloaded), not only at 1/16: the test
+    builders' state dicts pass the plugin's layout check key by key, with upstream's shapes."""
+    from gandid.checkpoints import check_state_dict
+    from gandid_plugins import segnets
+    from segmenter_files import hrnet_state
+
+    depth = encoder.replace("dilated", "")
+    if depth == "hrnetv2":
+        enc, enc_layout, fc_dim = hrnet_state(1), segnets.hrnet_layout(1), segnets.hrnet_channels(1)
+    else:
+        enc, enc_layout = resnet_state(depth, 1), segnets.resnet_layout(depth, 1)
+        fc_dim = 512 if depth == "resnet18" else 2048
+    dec = semseg_decoder_state(decoder, fc_dim, 150, 1)
+    # the step counters the loader drops (segnets.load_plain) before its check
+    enc, dec = ({k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")} for state in (enc, dec))
+    check_state_dict(enc, enc_layout, "encoder")
+    check_state_dict(dec, semseg_module.decoder_layout(decoder, fc_dim, 150, 1), "decoder")
+    for part, state in ((depth, enc), (decoder, dec)):
+        if decoder == "ppm_deepsup" and depth == "resnet18" and part == decoder:
+            continue  # its fc_dim is 512: the shapes listed are ResNet-50/101's
+        for key, shape in PUBLISHED_SHAPES.get(part, {}).items():
+            assert tuple(state[key].shape) == shape, (part, key)
+
+
+def test_a_published_width_file_segments_like_the_reference(tmp_path):
+    """ade20k-resnet50dilated-ppm_deepsup as downloaded (full width): loaded from its files and run."""
+    folder = tmp_path / "ade20k-resnet50dilated-ppm_deepsup"
+    enc, dec = write_semseg_folder(folder, "resnet50dilated", "ppm_deepsup", div=1, epoch=20, seed=3)
+    seg = semseg(weights=str(folder), sizes=[48], dtype="float64")
+    assert "width_divisor" not in seg.weights_info and seg.weights_info["arch"] == "resnet50dilated-ppm_deepsup"
+    imgs = images(1, 48, seed=4)
+    expected, probs = ref_semseg(enc, dec, "resnet50dilated", "ppm_deepsup", imgs, sizes=(48,))
+    torch.testing.assert_close(seg.probabilities(imgs), probs, rtol=0, atol=1e-10)
+    assert torch.equal(seg.segment(imgs), expected)

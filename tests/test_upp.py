@@ -308,3 +308,16 @@ def test_gandid_run_pggan_with_upp_end_to_end(folder, tmp_path):
     assert dissect["category_conditioned"] and set(dissect["categories"]) >= {"object", "material"}
     ace = json.loads((tmp_path / "run" / "ace.json").read_text())
     assert ace["classes"], "some UPP class covers 5 % of these images"
+
+
+def test_a_published_width_folder_segments_like_the_reference(tmp_path):
+    """upp-resnet50-upernet at its published width (as downloaded; the other tests use 1/16): loaded
+    from its files and run, against the float64 reference."""
+    path = tmp_path / "upp-resnet50-upernet"
+    enc, dec = write_upp_folder(path, div=1)
+    assert tuple(enc["layer4.2.conv3.weight"].shape) == (2048, 512, 1, 1)  # upstream's last bottleneck
+    seg = upp(weights=str(path), sizes=[48], segdiv="undivided", dtype="float64")
+    assert "width_divisor" not in seg.weights_info and seg.weights_info["encoder_arch"] == "resnet50"
+    imgs = images(1, 48, seed=5)
+    expected, *_ = ref_upp_segment(enc, dec, UPP_VOCAB, imgs, sizes=(48,), downsample=1, quad=False)
+    assert torch.equal(seg.segment(imgs), no_label_as_minus_one(expected))
