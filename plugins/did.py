@@ -102,6 +102,18 @@ def uncontrolled_sentence(result) -> str | None:
             f"{fixed['why']}.")
 
 
+def demod_sentence(result) -> str | None:
+    """For a DID whose controlled sites are all weight demodulation: why it is 0 by construction, and
+    what was measured (shown, not assumed); else None."""
+    if result.get("site_kinds") != ["demod"] or not result["classes"]:
+        return None
+    largest = max((abs(v["mean"]) for e in result["classes"].values() for v in e["area_did"].values()), default=0.0)
+    pixels = max(e["pixel_did_mean_abs"] for e in result["classes"].values())
+    return ("Weight demodulation's coefficients depend only on the styles (from w), not on the activations, so "
+            "ablating units cannot change them and the DID is 0 by construction. Measured here: largest |area DID| "
+            f"{largest * 100:.2g} pp, largest mean |ΔY| {pixels:.2g}.")
+
+
 def norm_name(kinds) -> str:
     """The controlled normalisation in words; results written before ``site_kinds`` existed are pixel norm's."""
     if kinds is None:
@@ -338,6 +350,9 @@ class DID:
         fixed = uncontrolled_sentence(result)
         if fixed and not result["sites"]:  # nothing controlled: every DID is 0 by construction
             return [esc(fixed)]
+        demod = demod_sentence(result)
+        if demod:
+            return [esc(demod)]
         effects = [(name, other, v) for name, e in result["classes"].items() for other, v in e["area_did"].items()]
         if not effects:
             return []
@@ -380,9 +395,9 @@ class DID:
                  "in-paints the class, negative where it removes it. Intervals: BCa bootstrap 95% over samples; "
                  "q: the bootstrap p-value adjusted (Benjamini-Hochberg) across the classes of each table; "
                  "<b>bold</b>: significant (q &lt; 0.05).</p>"]
-        fixed = uncontrolled_sentence(result)
-        if fixed:
-            parts.append(f"<p><b>{esc(fixed)}</b></p>")
+        for sentence in (uncontrolled_sentence(result), demod_sentence(result)):
+            if sentence:
+                parts.append(f"<p><b>{esc(sentence)}</b></p>")
         for name, e in result["classes"].items():
             rows = sorted(e["area_did"].items(), key=lambda kv: -abs(kv[1]["mean"]))
             before, after = e["arm_mean_area"]["original"], e["arm_mean_area"]["intervened"]

@@ -588,6 +588,19 @@ def check_dtype(dtype: str, what: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def scene_background(default: tuple, labels: list[str], chosen: list[str] | None, what: str) -> tuple[str, ...]:
+    """The segmenter's background classes (what an ablated object uncovers): those of ``default`` that
+    are labels, or the ``chosen`` ones (the ``background`` option), each of which must be a label."""
+    if chosen is None:
+        return tuple(b for b in default if b in labels)
+    from gandid.errors import UnknownNameError
+
+    for name in chosen:
+        if name not in labels:
+            raise UnknownNameError(f"{what} background class", name, labels)
+    return tuple(chosen)
+
+
 def check_positive(value, name: str, what: str) -> int:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{what}: {name} must be a whole number >= 1, got {value!r}")

@@ -164,12 +164,14 @@ class SemsegSegmenter(segnets.NetSegmenter):
     Options: ``weights`` the folder (``--seg-weights``); ``arch`` "ENCODER-DECODER" when the folder is
     not named as published; ``epoch`` (default the last with both files); ``labels`` a labels file
     (default FOLDER/labels.json if present, else the 150 ADE20K classes); ``sizes`` network input sizes,
-    outputs averaged (default [256]); ``downsample`` the label maps' size divisor; ``batch_size``.
+    outputs averaged (default [256]); ``downsample`` the label maps' size divisor; ``batch_size``;
+    ``background`` the classes an ablated object uncovers (default: wall, floor, ceiling, sky, ...).
     """
 
     def __init__(self, weights: str | None = None, arch: str | None = None, epoch: int | None = None,
                  labels: str | None = None, sizes: list[int] | None = None, downsample: int = 1,
-                 batch_size: int = 8, device: str = "cpu", dtype: str = "float32"):
+                 batch_size: int = 8, device: str = "cpu", dtype: str = "float32",
+                 background: list[str] | None = None):
         self.dtype = segnets.check_dtype(dtype, NAME)
         self.downsample = segnets.check_positive(downsample, "downsample", NAME)
         self.batch_size = segnets.check_positive(batch_size, "batch_size", NAME)
@@ -222,7 +224,7 @@ class SemsegSegmenter(segnets.NetSegmenter):
         self.std = tuple(fmt.get("stdev", IMAGENET_STD))
         self.labels = ["unlabelled"] + names
         self.categories = {name: "object" for name in self.labels}
-        self.background = tuple(b for b in BACKGROUND if b in names)
+        self.background = segnets.scene_background(BACKGROUND, names, background, NAME)
         self.weights_info = segnets.weights_info(folder, encoder=enc_path, decoder=dec_path, labels=label_path,
                                                  epoch=epoch, enc_info=enc_info, dec_info=dec_info, dtype=self.dtype,
                                                  div=div, arch=f"{enc_name}-{dec_name}")
@@ -289,10 +291,11 @@ def decoder_layout(dec: str, fc_dim: int, classes: int, div: int) -> dict:
 
 def semseg(weights: str | None = None, arch: str | None = None, epoch: int | None = None, labels: str | None = None,
            sizes: list[int] | None = None, downsample: int = 1, batch_size: int = 8,
-           device: str = "cpu", dtype: str = "float32") -> SemsegSegmenter:
+           device: str = "cpu", dtype: str = "float32", background: list[str] | None = None) -> SemsegSegmenter:
     """The ``semseg`` segmenter factory (options: :class:`SemsegSegmenter`)."""
     return SemsegSegmenter(weights=weights, arch=arch, epoch=epoch, labels=labels, sizes=sizes,
-                           downsample=downsample, batch_size=batch_size, device=device, dtype=dtype)
+                           downsample=downsample, batch_size=batch_size, device=device, dtype=dtype,
+                           background=background)
 
 
 @hookimpl

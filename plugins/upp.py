@@ -134,12 +134,14 @@ class UPPSegmenter(segnets.NetSegmenter):
     default [256]); ``downsample`` the label maps' size divisor (GAN Dissection used 2); ``segdiv``
     "quad" (default, as GAN Dissection) or "undivided"; ``part_objects`` the objects whose parts are
     labelled (default sky, building, person); ``batch_size`` images per forward; ``epoch`` the
-    checkpoint epoch (default the last in the folder, 40 in the published one).
+    checkpoint epoch (default the last in the folder, 40 in the published one); ``background`` the
+    classes an ablated object uncovers (default: wall, floor, ceiling, sky, ... where labelled).
     """
 
     def __init__(self, weights: str | None = None, labels: str | None = None, sizes: list[int] | None = None,
                  downsample: int = 1, segdiv: str = "quad", part_objects: list[str] | None = None,
-                 batch_size: int = 4, epoch: int | None = None, device: str = "cpu", dtype: str = "float32"):
+                 batch_size: int = 4, epoch: int | None = None, device: str = "cpu", dtype: str = "float32",
+                 background: list[str] | None = None):
         self.dtype = segnets.check_dtype(dtype, NAME)
         self.sizes = segnets.check_sizes(sizes, NAME)
         self.downsample = segnets.check_positive(downsample, "downsample", NAME)
@@ -151,6 +153,8 @@ class UPPSegmenter(segnets.NetSegmenter):
         label_path = Path(labels) if labels else Path(weights) / "labels.json"
         vocab = read_labels(label_path)
         self._vocabulary(vocab, list(PART_OBJECTS if part_objects is None else part_objects), label_path)
+        objects = tuple(b for b in BACKGROUND if self.categories.get(b) == "object")  # not a same-named material
+        self.background = segnets.scene_background(objects, self.labels, background, NAME)
 
         encoder = segnets.load_plain(enc_path)
         decoder = segnets.load_plain(dec_path)
@@ -225,7 +229,6 @@ class UPPSegmenter(segnets.NetSegmenter):
             raise CheckpointError(f"upp: {label_path} names a label twice within one category: {dupes[:5]}")
         self.labels = names
         self.categories = {name: cat for name, (_, cat) in zip(names, entries)}
-        self.background = tuple(b for b in BACKGROUND if b in object_number)
         self.material_offset = n * mult  # material m (1..) is label m + n * mult
         self.num_materials = len(materials)
         self.num_classes = len(names)
@@ -375,11 +378,12 @@ def quad_planes(objects: torch.Tensor, n: int) -> torch.Tensor:
 
 def upp(weights: str | None = None, labels: str | None = None, sizes: list[int] | None = None, downsample: int = 1,
         segdiv: str = "quad", part_objects: list[str] | None = None, batch_size: int = 4,
-        epoch: int | None = None, device: str = "cpu", dtype: str = "float32") -> UPPSegmenter:
+        epoch: int | None = None, device: str = "cpu", dtype: str = "float32",
+        background: list[str] | None = None) -> UPPSegmenter:
     """The ``upp`` segmenter factory (options: :class:`UPPSegmenter`)."""
     return UPPSegmenter(weights=weights, labels=labels, sizes=sizes, downsample=downsample, segdiv=segdiv,
                         part_objects=part_objects, batch_size=batch_size, epoch=epoch, device=device,
-                        dtype=dtype)
+                        dtype=dtype, background=background)
 
 
 @hookimpl

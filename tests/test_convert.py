@@ -188,7 +188,7 @@ def test_errors_that_lead_somewhere(registry, tmp_path):
     path, _ = write(tmp_path, "pggan")
     with pytest.raises(GandidError, match="truncaton.*did you mean|truncaton"):
         registry.create("generator", "stylegan2", weights=str(path), truncaton=0.5)
-    with pytest.raises(GandidError, match="option"):
+    with pytest.raises(GandidError, match="unknown option of generator 'pggan' 'clamp'; did you mean 'output_clamp'"):
         gandid.load_generator("pggan", weights=str(path), clamp=True)
     training = tmp_path / "train.pt"
     torch.save({"g": stylegan2_files.make_g_ema(), "d": {"convs.0.weight": torch.randn(2)}}, training)
@@ -208,3 +208,19 @@ def test_an_unsupported_layout_is_named(registry, tmp_path):
     torch.save({"d": {"final_linear.0.weight": torch.ones(2), "convs.0.0.weight": torch.ones(2)}}, tmp_path / "d.pt")
     with pytest.raises(ConfigError, match="a discriminator"):
         detect_generator(registry, tmp_path / "d.pt")
+
+
+def test_gandid_convert_on_the_command_line(tmp_path, capsys):
+    """`gandid convert IN OUT.safetensors` with the installed plugins: what it found, what it wrote, and a
+    refusal (exit 2, no traceback) for an existing output without --force."""
+    from gandid.cli import main
+
+    path, plugin = write(tmp_path, "stylegan2")
+    out = tmp_path / "g.safetensors"
+    assert main(["convert", str(path), str(out), "--option", "truncation=0.7"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"-> generator '{plugin}'" in said and "wrote" in said and "loaded back, images equal to" in said
+    assert converted_metadata(out)["generator"] == plugin and converted_metadata(out)["options"] == {"truncation": 0.7}
+    assert main(["convert", str(path), str(out)]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "--force" in said and "Traceback" not in said

@@ -83,29 +83,30 @@ def test_unet_matches_torch_layers_and_an_independent_forward(depth, ngf, norm, 
         assert trace[info.name].shape[1:] == (info.channels, *info.size)
 
 
-@pytest.mark.parametrize("norm, dropout", [("instance", False), ("batch", True), ("none", False), ("instance", True)])
-def test_resnet_matches_torch_layers_and_an_independent_forward(norm, dropout, tmp_path, inputs):
-    s = resnet_state_dict(6, 4, norm, dropout=dropout, seed=3)
-    reference = torch_resnet(6, 4, norm, dropout=dropout).eval()
+@pytest.mark.parametrize("norm, dropout, blocks", [("instance", False, 6), ("batch", True, 6), ("none", False, 6),
+                                                   ("instance", True, 9), ("batch", False, 9)])
+def test_resnet_matches_torch_layers_and_an_independent_forward(norm, dropout, blocks, tmp_path, inputs):
+    s = resnet_state_dict(blocks, 4, norm, dropout=dropout, seed=3)
+    reference = torch_resnet(blocks, 4, norm, dropout=dropout).eval()
     reference.load_state_dict(s, strict=True)
     path = saved(tmp_path, s)
     assert pix2pix(weights=path, inputs=str(inputs)).resolution == 256  # the repository's crop_size
     gen = pix2pix(weights=path, inputs=str(inputs), size=32)
-    assert gen.name == "resnet_6blocks" and gen.weights_info["dropout"] is dropout
+    assert gen.name == f"resnet_{blocks}blocks" and gen.weights_info["dropout"] is dropout
     assert [(l.name, l.channels, l.size) for l in gen.layers] == (
         [("enc1", 4, (32, 32)), ("enc2", 8, (16, 16)), ("enc3", 16, (8, 8))]
-        + [(f"res{i}", 16, (8, 8)) for i in range(1, 7)] + [("dec1", 8, (16, 16)), ("dec2", 4, (32, 32))])
+        + [(f"res{i}", 16, (8, 8)) for i in range(1, blocks + 1)] + [("dec1", 8, (16, 16)), ("dec2", 4, (32, 32))])
     sites = [("enc1.norm", None), ("enc2.norm", "enc1"), ("enc3.norm", "enc2")] + [
-        (f"res{i}.norm{j}", "enc3" if i == 1 else f"res{i - 1}") for i in range(1, 7) for j in (1, 2)] + [
-        ("dec1.norm", "res6"), ("dec2.norm", "dec1")]
+        (f"res{i}.norm{j}", "enc3" if i == 1 else f"res{i - 1}") for i in range(1, blocks + 1) for j in (1, 2)] + [
+        ("dec1.norm", f"res{blocks}"), ("dec2.norm", "dec1")]
     kind = {"instance": "instancenorm", "batch": "batchnorm"}.get(norm)
     assert [(x.name, x.kind, x.layer) for x in gen.norm_sites] == ([(n, kind, l) for n, l in sites] if kind else [])
-    assert gen.default_layer == "res6"
+    assert gen.default_layer == f"res{blocks}"
     z = gen.sample_z(2, seed=1)
     with torch.no_grad(), Trace(gen, [l.name for l in gen.layers]) as trace:
         images = gen.forward(z)
         torch_images = reference(z.clone())
-    expected = resnet_forward(f64(s), z.double(), 6, norm, dropout=dropout)
+    expected = resnet_forward(f64(s), z.double(), blocks, norm, dropout=dropout)
     assert float((images.double() - expected).abs().max()) < 1e-4
     assert float((torch_images.double() - expected).abs().max()) < 1e-4
     assert float(expected.std()) > 0.1 and float((expected.abs() > 0.99).double().mean()) < 0.2

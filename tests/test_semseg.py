@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from gandid.errors import CheckpointError
+from gandid.errors import CheckpointError, UnknownNameError
 from gandid.model import Segmenter
 from gandid_plugins import semseg as semseg_module
 from gandid_plugins.semseg import semseg
@@ -56,6 +56,10 @@ def test_labels_background_and_class_scores(root):
     assert seg.labels[45] == "chest of drawers" and seg.labels[150] == "flag"
     assert set(seg.categories.values()) == {"object"}
     assert {"wall", "floor", "ceiling", "sky"} <= set(seg.background)
+    chosen = semseg(weights=str(folder), sizes=[64], background=["wall", "grass"])
+    assert chosen.background == ("wall", "grass")
+    with pytest.raises(UnknownNameError, match="semseg background class 'gras'; did you mean 'grass'"):
+        semseg(weights=str(folder), sizes=[64], background=["wall", "gras"])
     imgs = images(2, 64, seed=7).double()
     _, probs = ref_semseg(enc, dec, "resnet18dilated", "ppm_deepsup", imgs, sizes=(64,))
     torch.testing.assert_close(seg.class_scores(imgs, 3), probs[:, 2].flatten(1).mean(1))

@@ -108,3 +108,25 @@ def test_did_on_demodulation_sites(tmp_path):
     assert (replayed - untouched).abs().max() > 1e-3
     empty = counterfactuals(gen, z, Intervention("convs.1", []))
     assert empty.did.abs().max() == 0
+
+
+def test_the_did_report_shows_demodulation_is_zero_by_construction(tmp_path):
+    """ace and did end to end on a random StyleGAN2: the measured DID is ~0 and the report says why."""
+    from gandid.testing import BrightnessSegmenter, run_analysis
+    from gandid_plugins.ace import ACE
+    from gandid_plugins.did import DID
+
+    torch.save({"g_ema": make_g_ema(32, seed=5)}, tmp_path / "c.pt")
+    gen = stylegan2(weights=str(tmp_path / "c.pt"))
+    common = dict(generator=gen, segmenter=BrightnessSegmenter(), samples=4, layers=["convs.1"])
+    out = tmp_path / "run"
+    ace = run_analysis(ACE(samples=4, top_k=3, alpha_steps=2, alpha_samples=2, context_locations=2, curve_ks=[1, 3]),
+                       out, name="ace", **common)
+    did = run_analysis(DID(top_k=3, samples=4, resamples=200, panels=2), out, name="did", results={"ace": ace},
+                       **common)
+    assert did["site_kinds"] == ["demod"] and did["classes"]
+    largest = max(abs(v["mean"]) for e in did["classes"].values() for v in e["area_did"].values())
+    assert largest < 1e-6 and max(e["pixel_did_mean_abs"] for e in did["classes"].values()) < 1e-5
+    said = " ".join(str(getattr(f, "html", f)) for f in DID().report_findings(did))
+    assert "0 by construction" in said and "Measured here: largest |area DID|" in said
+    assert "0 by construction" in DID().report_section(did, out)

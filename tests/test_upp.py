@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gandid.errors import CheckpointError
+from gandid.errors import CheckpointError, UnknownNameError
 from gandid.model import Segmenter
 from gandid_plugins import segnets
 from gandid_plugins import upp as upp_module
@@ -136,6 +136,9 @@ def test_vocabulary_and_categories(folder):
     assert seg.categories["glass"] == "object" and seg.categories["glass (material)"] == "material"
     assert seg.categories["tree-l"] == "part" and seg.categories["hair (part)"] == "part"
     assert set(seg.background) == {"wall", "floor", "sky", "road"}
+    assert upp(weights=str(path), background=["wall", "wood"]).background == ("wall", "wood")  # a material too
+    with pytest.raises(UnknownNameError, match="upp background class 'flor'; did you mean 'floor'"):
+        upp(weights=str(path), background=["flor"])
     # numbering as gandissect's get_label_and_category_names (names aside)
     from segmenter_files import upp_vocabulary
     reference, _ = upp_vocabulary(UPP_VOCAB, quad=True)
@@ -274,40 +277,48 @@ def test_registered_as_a_segmenter():
 
 
 def test_gandid_run_pggan_with_upp_end_to_end(folder, tmp_path):
-    """`gandid run --generator pggan --weights G.pth --segmenter upp --seg-weights DIR` on random-weight files:
-    every analysis completes on UPP's five label planes, and dissection reports per category."""
+    """`gandid run --generator pggan --weights G.pth --segmenter upp --seg-weights DIR` on random-weight files,
+    through the command line (installed plugins, the small sizes in a config file): every analysis
+    completes on UPP's five label planes, and dissection reports per category."""
     import json
 
-    import gandid_plugins.ace
-    import gandid_plugins.did
-    import gandid_plugins.dissect
-    import gandid_plugins.entangle
-    import gandid_plugins.pggan
-    import gandid_plugins.upp
-    from gandid.config import RunConfig
-    from gandid.registry import Registry
-    from gandid.runner import run
+    from gandid.cli import main
     from pggan_files import make_state_dict
 
     path, _, _ = folder
     torch.save(make_state_dict(64), tmp_path / "G.pth")
-    reg = Registry(load_entry_points=False)
-    for mod in (gandid_plugins.pggan, gandid_plugins.upp, gandid_plugins.dissect, gandid_plugins.ace,
-                gandid_plugins.did, gandid_plugins.entangle):
-        reg.add_plugin(mod, mod.__name__)
-    cfg = RunConfig(generator="pggan", weights=str(tmp_path / "G.pth"), segmenter="upp", seg_weights=str(path),
-                    segmenter_options={"sizes": [64]}, samples=8, batch_size=8, device="cpu",
-                    out=str(tmp_path / "run"), analysis=["dissect", "ace", "did", "entangle"],
-                    analysis_options={"dissect": {"fit_samples": 8, "quantile": 0.9},
-                                      "ace": {"samples": 4, "top_k": 2, "alpha_steps": 1, "min_area": 0.05,
-                                              "context_locations": 2},
-                                      "did": {"top_k": 2, "samples": 4}, "entangle": {"top_share_units": 2}})
-    result = run(cfg, registry=reg)
-    assert result.status == "completed", result.errors
-    dissect = json.loads((tmp_path / "run" / "dissect.json").read_text())
+    config = tmp_path / "small.toml"
+    config.write_text("""samples = 8
+batch_size = 8
+device = "cpu"
+analysis = ["dissect", "ace", "did", "entangle"]
+[segmenter_options]
+sizes = [64]
+[analysis_options.dissect]
+fit_samples = 8
+quantile = 0.9
+[analysis_options.ace]
+samples = 4
+top_k = 2
+alpha_steps = 1
+min_area = 0.05
+context_locations = 2
+[analysis_options.did]
+top_k = 2
+samples = 4
+[analysis_options.entangle]
+top_share_units = 2
+""")
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--generator", "pggan", "--weights", str(tmp_path / "G.pth"),
+                 "--segmenter", "upp", "--seg-weights", str(path), "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "completed" and record["config"]["segmenter"] == "upp"
+    dissect = json.loads((out / "dissect.json").read_text())
     assert dissect["category_conditioned"] and set(dissect["categories"]) >= {"object", "material"}
-    ace = json.loads((tmp_path / "run" / "ace.json").read_text())
+    ace = json.loads((out / "ace.json").read_text())
     assert ace["classes"], "some UPP class covers 5 % of these images"
+    assert (out / "entangle.json").exists() and (out / "report.html").exists()
 
 
 def test_a_published_width_folder_segments_like_the_reference(tmp_path):
