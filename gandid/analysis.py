@@ -219,8 +219,8 @@ class RunContext:
         """Stream batches into ``stats``, resumably: the statistics (and how many samples they cover)
         are restored from this stage's saved state under ``key``, the remaining batches are yielded for
         the caller to update ``stats`` with, and the statistics are saved at most every ``save_every``
-        seconds (default :data:`SAVE_EVERY_SECONDS`, read at the call) and when the stream ends. A save always holds whole batches, so a resumed run gives the
-        same numbers. ``batch_options`` go to :meth:`batches` (``samples``, ``seed``, ``layers``,
+        seconds (default :data:`SAVE_EVERY_SECONDS`, read at the call) and when the stream ends. A save
+        always holds whole batches, so a resumed run gives the same numbers. ``batch_options`` go to :meth:`batches` (``samples``, ``seed``, ``layers``,
         ``segment``, ``description``, ``generate``); ``.done`` is the number of samples covered.
         Several processes each stream their share and merge the statistics when the stream ends;
         ``decides`` as for :meth:`share`."""

@@ -231,7 +231,7 @@ class Dissect:
             # clamp into the end bins, and the exact quantile's second pass does not depend on it
             first = next(iter(ctx.batches(samples=min(ctx.config.batch_size, self.fit_samples),
                                           seed=ctx.config.seed + FIT_SEED_OFFSET, layers=[layer], segment=False,
-                                          features_only=raw, description=f"dissect {layer}: fit range")))
+                                          features_only=True, description=f"dissect {layer}: fit range")))
             flat = raw_pixels(first.features[layer]).double()
             lo, hi = flat.min(1).values, flat.max(1).values
             span = (hi - lo).clamp_min(1e-6)
