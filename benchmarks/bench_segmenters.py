@@ -56,15 +56,19 @@ def segformer_b0(folder: Path) -> Path | None:
     return folder
 
 
-def segmenters(root: Path):
-    """(name, factory) of every segmenter measured, its files written under ``root``."""
-    write_upp_folder(root / "upp", div=1)
-    yield "upp (quad division)", lambda: upp(weights=str(root / "upp"))
+def segmenters(root: Path, only: str = ""):
+    """(name, factory) of every segmenter measured (those whose name contains ``only``), its files
+    written under ``root``."""
+    if only in "upp (quad division)":
+        write_upp_folder(root / "upp", div=1)
+        yield "upp (quad division)", lambda: upp(weights=str(root / "upp"))
     for encoder, decoder in SEMSEG:
+        if only not in f"semseg {encoder}-{decoder}":
+            continue
         folder = root / f"ade20k-{encoder}-{decoder}"
         write_semseg_folder(folder, encoder, decoder, div=1)
         yield f"semseg {encoder}-{decoder}", lambda folder=folder: semseg(weights=str(folder))
-    hf = segformer_b0(root / "segformer-b0")
+    hf = segformer_b0(root / "segformer-b0") if only in "transformers SegFormer-B0, size 256" else None
     if hf is not None:
         from gandid_plugins.hf_segmenter import HFSegmenter
 
@@ -117,13 +121,14 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--dissect-samples", type=int, default=16)
+    parser.add_argument("--only", default="", help="measure only the segmenters whose name contains this")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     imgs = images(args.batch, args.size, seed=0)
     results = {"throughput": {}, "dissect": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for name, factory in segmenters(root / "weights"):
+        for name, factory in segmenters(root / "weights", args.only):
             results["throughput"][name] = rate = throughput(factory(), imgs, args.rounds)
             print(f"{name:<45} {rate:6.2f} images/s", flush=True)
             if name.startswith(("upp", "semseg resnet50dilated", "transformers")):

@@ -78,6 +78,18 @@ def one_hot_pixels(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return presence(labels, classes, torch.float32).permute(0, 2, 3, 1).reshape(-1, classes)
 
 
+def labels_shown(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, [K,] H, W) int labels (-1: none) -> (shown (C',) the labels present, ascending; the labels
+    renumbered 0..C'-1 in that order, -1 kept)."""
+    shown = torch.unique(labels)
+    shown = shown[shown >= 0]
+    if not len(shown):  # nothing labelled: one column, never on
+        shown = torch.zeros(1, dtype=torch.long, device=labels.device)
+    number = torch.full((int(shown[-1]) + 1,), -1, dtype=torch.long, device=labels.device)
+    number[shown] = torch.arange(len(shown), device=labels.device)
+    return shown, torch.where(labels >= 0, number[labels.clamp_min(0)], labels)
+
+
 class Categories:
     """Which category each label belongs to (the segmenter's ``categories``, else every label an
     object), and which categories each image contains (any of its labels in that category)."""
@@ -366,13 +378,16 @@ class Dissect:
         inter, active, cls, category_pixels, top = stats.values()
         for batch in ctx.tally(stats, key=layer, layers=[layer], description=f"dissect {layer}"):
             feats = batch.features[layer]
-            onehot = one_hot_pixels(batch.labels, classes)  # (P, C)
+            # only the labels this batch shows (a few dozen of ADE20K's 150): the one-hot and the
+            # intersection matmul below scale with their number, counted into their columns
+            shown, compact = labels_shown(batch.labels)
+            onehot = one_hot_pixels(compact, len(shown))  # (P, C')
             in_cat = categories.in_images(batch.labels).float()  # (B, K)
             b, pixels = len(batch.labels), batch.labels.shape[-2] * batch.labels.shape[-1]
-            cls.update(onehot.sum(0))
+            cls.update(onehot.sum(0), shown)
             category_pixels.update(in_cat.sum(0) * pixels)
             top.update(feats.flatten(2).amax(2).transpose(0, 1), torch.as_tensor(list(batch.seeds)))
-            per_image = onehot.view(b, pixels, classes)
+            per_image = onehot.view(b, pixels, len(shown))
             for lo in range(0, units, self.unit_chunk):
                 # (B, u, H, W) as interpolate gives it: no transposed copy of the largest tensor here
                 up = F.interpolate(feats[:, lo:lo + self.unit_chunk].float(), size=tuple(batch.labels.shape[-2:]),
@@ -384,7 +399,7 @@ class Dissect:
                 # alone leaves them off (>); twice as fast here as a bool comparison converted to float
                 up.sub_(tc).sign_()
                 mask = (up.add_(1) if self.mode == "quantile" else up).clamp_(0, 1).view(b, up.shape[1], pixels)
-                inter.update(torch.bmm(mask, per_image).sum(0), slice(lo, lo + up.shape[1]))  # (u, C)
+                inter.update(torch.bmm(mask, per_image).sum(0), (slice(lo, lo + up.shape[1]), shown))  # (u, C')
                 active.update(mask.sum(2).t() @ in_cat, slice(lo, lo + up.shape[1]))
         of_label = categories.of_label.to(dev)
         active_per_label = active.total[:, of_label]  # (U, C): unit-on pixels in the images of each label's category

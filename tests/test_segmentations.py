@@ -51,6 +51,21 @@ def test_presence_fractions_and_distinct_planes_against_loops():
     assert torch.equal(class_fractions(single, 6), F.one_hot(single.reshape(3, -1), 6).float().mean(1))
 
 
+def test_dissect_counts_only_the_labels_shown_into_their_own_columns():
+    from gandid_plugins.dissect import labels_shown, one_hot_pixels
+
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(-1, 4, (3, 2, 5, 7), generator=g) * 3  # labels 0, 3, 6, 9 of 12; -3 -> none
+    labels[labels < 0] = -1
+    shown, compact = labels_shown(labels)
+    assert shown.tolist() == sorted({int(c) for c in labels.flatten() if c >= 0})
+    full = one_hot_pixels(labels, 12)
+    assert torch.equal(one_hot_pixels(compact, len(shown)), full[:, shown])
+    assert full[:, [c for c in range(12) if c not in shown.tolist()]].sum() == 0
+    empty_shown, empty = labels_shown(torch.full((2, 3, 3), -1))  # nothing labelled
+    assert len(empty_shown) == 1 and one_hot_pixels(empty, 1).sum() == 0
+
+
 class PlanesSegmenter(GroundTruthSegmenter):
     """The ground-truth labels as plane 0 and a second plane chosen by ``second``."""
 
