@@ -131,6 +131,67 @@ def test_a_generator_written_from_the_readme_works_with_ace_and_did(tmp_path):
         assert entry["samples"] == 4
 
 
+def test_a_generator_written_in_the_test_from_the_readme_alone_works_with_ace_and_did(tmp_path):
+    """A generator written here from the README's member list only (not gandid.testing's): a plain
+    conv net with pixel norms, gandid.model's PixelNorm/LayerInfo/NormSite/normal_rows and nothing
+    else from gandid; ace and did run on it through the runner, and did ablates ace's top units."""
+    import gandid_plugins.ace
+    import gandid_plugins.did
+    from torch import nn
+
+    from gandid.config import RunConfig
+    from gandid.model import LayerInfo, NormSite, PixelNorm, normal_rows
+    from gandid.runner import run
+    from gandid.testing import BrightnessSegmenter, registry_with
+
+    class ReadmeGenerator(nn.Module):
+        z_dim, resolution = 6, 16
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(11)
+            self.stem = nn.Sequential(nn.Linear(6, 12 * 8 * 8), nn.Unflatten(1, (12, 8, 8)))
+            self.block = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1), nn.LeakyReLU(0.2))
+            self.norm_block, self.norm_out = PixelNorm(), PixelNorm()
+            self.rgb = nn.Conv2d(12, 3, 1)
+            self.layers = [LayerInfo("stem", 12, (8, 8)), LayerInfo("block", 12, (8, 8))]
+            self.norm_sites = [NormSite("block.norm", "pixelnorm", "stem"), NormSite("out.norm", "pixelnorm", "block")]
+
+        def sample_z(self, n, seed, start=0):
+            return normal_rows(seed, start, n, self.z_dim)
+
+        def layer_module(self, name):
+            return {"stem": self.stem, "block": self.block}[name]
+
+        def norm_module(self, site):
+            return {"block.norm": self.norm_block, "out.norm": self.norm_out}[site]
+
+        def forward(self, z):
+            return self.forward_from("stem", self.stem(z), z)
+
+        def forward_from(self, layer, features, z=None):
+            x = features
+            if layer == "stem":
+                x = self.block(self.norm_block(x))
+            x = nn.functional.interpolate(self.norm_out(x), scale_factor=2)
+            return torch.tanh(self.rgb(x))
+
+    reg = registry_with(gandid_plugins.ace, gandid_plugins.did, generators={"readme": ReadmeGenerator},
+                        segmenters={"bright": BrightnessSegmenter})
+    config = RunConfig(generator="readme", segmenter="bright", analysis=["ace", "did"], samples=8, batch_size=8,
+                       layer=["block"], out=str(tmp_path / "o"), device="cpu",
+                       analysis_options={"ace": {"samples": 4, "top_k": 3, "context_locations": 2, "alpha_steps": 2,
+                                                 "alpha_samples": 2, "min_area": 0.0},
+                                         "did": {"samples": 4, "resamples": 50, "top_k": 3}})
+    result = run(config, registry=reg)
+    assert result.status == "completed", result.errors
+    ace, did = result.results["ace"], result.results["did"]
+    assert ace["classes"] and set(did["classes"]) == set(ace["classes"])
+    assert did["sites"] == ["out.norm"]
+    for name, entry in did["classes"].items():
+        assert entry["units"] == ace["classes"][name]["ranking"][:3] and entry["samples"] == 4
+
+
 def test_run_analysis_runs_one_analysis_without_the_runner(tmp_path):
     from gandid.testing import TinyGenerator, run_analysis
     from gandid.stats import Moments
