@@ -107,42 +107,47 @@ def test_a_plugin_object_is_checked_against_its_protocol(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_generator_written_from_the_readme_works_with_ace_and_did(tmp_path):
-    """gandid.testing's TinyGenerator has exactly the documented members; ace and did run on it."""
+def run_ace_and_did(generator_factory, layer: str, out) -> dict:
+    """ace then did (small options) on a generator with gandid.testing's brightness segmenter, through
+    the runner; checks that did ablated each class's top 3 ACE units and returns the results."""
     import gandid_plugins.ace
     import gandid_plugins.did
 
     from gandid.config import RunConfig
     from gandid.runner import run
-    from gandid.testing import BrightnessSegmenter, TinyGenerator, registry_with
+    from gandid.testing import BrightnessSegmenter, registry_with
 
-    reg = registry_with(gandid_plugins.ace, gandid_plugins.did, generators={"tiny": TinyGenerator},
-                        segmenters={"tiny": BrightnessSegmenter})
-    config = RunConfig(generator="tiny", segmenter="tiny", analysis=["ace", "did"], samples=8, batch_size=8,
-                       layer=["layer1"], out=str(tmp_path / "o"), device="cpu",
+    reg = registry_with(gandid_plugins.ace, gandid_plugins.did, generators={"gen": generator_factory},
+                        segmenters={"bright": BrightnessSegmenter})
+    config = RunConfig(generator="gen", segmenter="bright", analysis=["ace", "did"], samples=8, batch_size=8,
+                       layer=[layer], out=str(out), device="cpu",
                        analysis_options={"ace": {"samples": 4, "top_k": 3, "context_locations": 2, "alpha_steps": 2,
                                                  "alpha_samples": 2, "min_area": 0.0},
                                          "did": {"samples": 4, "resamples": 50, "top_k": 3}})
     result = run(config, registry=reg)
     assert result.status == "completed", result.errors
-    assert set(result.results["ace"]["classes"]) == {"dark", "bright"}
-    for name, entry in result.results["did"]["classes"].items():
-        assert entry["units"] == result.results["ace"]["classes"][name]["ranking"][:3]
-        assert entry["samples"] == 4
+    ace, did = result.results["ace"], result.results["did"]
+    assert ace["classes"] and set(did["classes"]) == set(ace["classes"])
+    for name, entry in did["classes"].items():
+        assert entry["units"] == ace["classes"][name]["ranking"][:3] and entry["samples"] == 4
+    return result.results
+
+
+def test_a_generator_written_from_the_readme_works_with_ace_and_did(tmp_path):
+    """gandid.testing's TinyGenerator has exactly the documented members; ace and did run on it."""
+    from gandid.testing import TinyGenerator
+
+    results = run_ace_and_did(TinyGenerator, "layer1", tmp_path / "o")
+    assert set(results["ace"]["classes"]) == {"dark", "bright"}
 
 
 def test_a_generator_written_in_the_test_from_the_readme_alone_works_with_ace_and_did(tmp_path):
     """A generator written here from the README's member list only (not gandid.testing's): a plain
     conv net with pixel norms, gandid.model's PixelNorm/LayerInfo/NormSite/normal_rows and nothing
     else from gandid; ace and did run on it through the runner, and did ablates ace's top units."""
-    import gandid_plugins.ace
-    import gandid_plugins.did
     from torch import nn
 
-    from gandid.config import RunConfig
     from gandid.model import LayerInfo, NormSite, PixelNorm, normal_rows
-    from gandid.runner import run
-    from gandid.testing import BrightnessSegmenter, registry_with
 
     class ReadmeGenerator(nn.Module):
         z_dim, resolution = 6, 16
@@ -176,20 +181,8 @@ def test_a_generator_written_in_the_test_from_the_readme_alone_works_with_ace_an
             x = nn.functional.interpolate(self.norm_out(x), scale_factor=2)
             return torch.tanh(self.rgb(x))
 
-    reg = registry_with(gandid_plugins.ace, gandid_plugins.did, generators={"readme": ReadmeGenerator},
-                        segmenters={"bright": BrightnessSegmenter})
-    config = RunConfig(generator="readme", segmenter="bright", analysis=["ace", "did"], samples=8, batch_size=8,
-                       layer=["block"], out=str(tmp_path / "o"), device="cpu",
-                       analysis_options={"ace": {"samples": 4, "top_k": 3, "context_locations": 2, "alpha_steps": 2,
-                                                 "alpha_samples": 2, "min_area": 0.0},
-                                         "did": {"samples": 4, "resamples": 50, "top_k": 3}})
-    result = run(config, registry=reg)
-    assert result.status == "completed", result.errors
-    ace, did = result.results["ace"], result.results["did"]
-    assert ace["classes"] and set(did["classes"]) == set(ace["classes"])
-    assert did["sites"] == ["out.norm"]
-    for name, entry in did["classes"].items():
-        assert entry["units"] == ace["classes"][name]["ranking"][:3] and entry["samples"] == 4
+    results = run_ace_and_did(ReadmeGenerator, "block", tmp_path / "o")
+    assert results["did"]["sites"] == ["out.norm"]
 
 
 def test_run_analysis_runs_one_analysis_without_the_runner(tmp_path):
