@@ -15,6 +15,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 
+from . import outdir
 from .checkpoints import load_error
 from .distributed import Collective
 from .errors import GandidError
@@ -251,9 +252,8 @@ class RunContext:
         if state is None:
             state = self.state
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self._state_path)
+        outdir.write_atomic(self._state_path, self._state_path.with_suffix(".tmp"),
+                            lambda tmp: torch.save(state, tmp), "state")
 
     def load_state(self) -> dict | None:
         if not self._state_path.exists():
@@ -276,7 +276,10 @@ class RunContext:
 
     def write_json(self, name: str, data: Any) -> Path:
         p = self.path(name)
-        p.write_text(json.dumps(data, indent=2))
+        try:
+            p.write_text(json.dumps(data, indent=2))
+        except OSError as exc:
+            raise outdir.disk_full_error(exc, p) or exc from None
         return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from .config import RunConfig, split_list
 from .errors import GandidError
+from .interrupts import Terminated, sigterm_interrupts
 
 err_console = Console(stderr=True)
 
@@ -43,6 +45,9 @@ def _add_run_parser(sub) -> None:
     group.add_argument("--force", action="store_true", default=None, help="replace an existing run in --out")
     p.add_argument("--shard", metavar="K/N", help="run shard K of N (from 0) into --out, without a process group; "
                                                   "join the shards with `gandid merge`")
+    p.add_argument("--require-fused", dest="require_fused", action="store_true", default=None,
+                   help="stop with an error instead of running on the (slower) PyTorch reference when the fused "
+                        "op cannot be built or loaded (for benchmarks and clusters)")
 
 
 def _add_merge_parser(sub) -> None:
@@ -103,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ext_alloc, ext_out (default: all)")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables (for benchmarks/RESULTS.md)")
-    p = sub.add_parser("build-ext", help="build the fused C++/CUDA op now and say what was built where")
+    p = sub.add_parser("build-ext", help="build the fused C++/CUDA op now and say what was built where",
+                       description="Build the fused C++/CUDA op into the cache (~/.cache/gandid/ext, or "
+                                   "GANDID_CACHE_DIR) if it is not there or does not load, and say where it is.")
     p.add_argument("--verbose", action="store_true", help="show the compiler's output")
+    p.add_argument("--rebuild", action="store_true", help="build it again even if a cached build loads")
     return parser
 
 
@@ -133,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "seg_weights": args.seg_weights, "analysis": split_list(args.analysis) if args.analysis else None,
         "layer": split_list(args.layer) if args.layer else None, "samples": args.samples, "seed": args.seed,
         "batch_size": args.batch_size, "device": args.device, "out": args.out, "resume": args.resume,
-        "force": args.force, "shard": args.shard,
+        "force": args.force, "shard": args.shard, "require_fused": args.require_fused,
         "generator_options": generator_options if args.generator_option else None,
         "segmenter_options": segmenter_options if args.segmenter_option else None,
     }
@@ -145,11 +153,20 @@ def cmd_run(args) -> int:
 
     cfg = config_from_args(args)
     try:
-        result = run(cfg, console=err_console)
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted: partial results are in {cfg.out}; "
-                          f"continue with `gandid run ... --out {cfg.out} --resume`[/yellow]")
-        return 130
+        with sigterm_interrupts():
+            result = run(cfg, console=err_console)
+    except KeyboardInterrupt as exc:
+        from .outdir import read_record
+
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        record = read_record(Path(cfg.out)) if Path(cfg.out).is_dir() else None
+        if record is not None and record.get("status") == "interrupted":
+            err_console.print(f"[yellow]{what}: partial results are in {escape(cfg.out)}; continue with "
+                              f"`gandid run ... --out {escape(cfg.out)} --resume` (the same options)[/yellow]")
+        else:  # stopped before the run wrote its record (e.g. while the op was being built)
+            err_console.print(f"[yellow]{what} before the run started writing {escape(cfg.out)}: nothing to resume; "
+                              "run the same command again[/yellow]")
+        return 143 if isinstance(exc, Terminated) else 130
     err_console.print(f"[bold]{result.status}[/bold]: results in {result.out_dir}")
     return 0 if not result.errors else 1
 
@@ -157,7 +174,8 @@ def cmd_run(args) -> int:
 def cmd_merge(args) -> int:
     from .merge import merge
 
-    result = merge(args.shards, args.out, force=args.force, console=err_console)
+    with sigterm_interrupts():
+        result = merge(args.shards, args.out, force=args.force, console=err_console)
     err_console.print(f"[bold]{result.status}[/bold]: results in {result.out_dir}")
     return 0 if not result.errors else 1
 
@@ -223,12 +241,14 @@ def cmd_build_ext(args) -> int:
 
     t0 = time.perf_counter()
     try:
-        module = build.load(verbose=args.verbose)
+        module = build.load(verbose=args.verbose, rebuild=args.rebuild)
     except Exception as exc:
-        err_console.print(f"[red]build failed[/red] (the PyTorch reference will be used instead):\n{escape(str(exc))}")
+        err_console.print(f"[red]build failed[/red] (runs will use the PyTorch reference instead, or stop with "
+                          f"--require-fused):\n{escape(str(exc))}")
         return 1
-    print(f"built {module.__name__} in {time.perf_counter() - t0:.1f} s")
-    print(f"  library: {module.__file__}")
+    print(f"{'built' if build.built_here else 'loaded the cached build of'} {module.__name__} in "
+          f"{time.perf_counter() - t0:.1f} s")
+    print(f"  library: {build.library_path(module.__name__) if build.cache_note() is None else module.__file__}")
     print(f"  sources: {build.csrc_dir()}")
     print(f"  CUDA kernels: {'yes' if module.with_cuda() else 'no (CPU only)'}")
     return 0
@@ -298,8 +318,6 @@ def cmd_bench(args) -> int:
                 rt.add_row(r["case"], *[f"{r[n]:.2f}" if n in r else "-" for n in names])
             Console().print(rt)
     if args.json:
-        from pathlib import Path
-
         Path(args.json).write_text(json.dumps({"machine": machine, "layout": layout, "rows": rows,
                                                "ratios": ratio_rows}, indent=2))
     return 0
@@ -322,6 +340,10 @@ def main(argv=None) -> int:
     except GandidError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
+    except KeyboardInterrupt as exc:  # a command other than run (which says how to resume)
+        err_console.print(f"[yellow]{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}"
+                          "[/yellow]")
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class RunConfig:
     resume: bool = False
     force: bool = False
     shard: str | None = None  # "K/N": this run is shard K of N (gandid merge joins them)
+    require_fused: bool = False  # refuse to run on the PyTorch reference when the fused op is unavailable
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,6 +96,8 @@ class RunConfig:
         if self.device not in DEVICES:
             raise UnknownNameError("device", self.device, DEVICES)
         self.shard_of()
+        if not isinstance(self.require_fused, bool):
+            raise ConfigError(f"require_fused must be true or false, got {self.require_fused!r}")
         if self.resume and self.force:
             raise ConfigError("--resume and --force contradict each other: resume keeps the folder, force clears it")
         if self.analysis is not None and not self.analysis:

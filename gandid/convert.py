@@ -6,16 +6,23 @@ JSON-able config of a file its plugin loads back; default its ``state_dict()``).
 ``gandid`` (:data:`gandid.formats.METADATA_KEY`) is JSON: ``format`` (1), ``generator`` (the plugin),
 ``options`` (factory options used, weights excluded), ``config`` (the generator's own: architecture,
 sizes, ...), ``source`` (the input's file name), ``found`` (what was recognised), ``gandid_version``.
+
+OUT's folder is proved writable before anything loads; OUT is written beside itself under a temporary
+name and renamed once checked, so it is whole (or what it was before) whatever stops the write.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import tempfile
+import uuid
 from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, faults
 from .contracts import check_contract
 from .errors import ConfigError, GandidError, OutputExistsError
 from .formats import METADATA_KEY, detect_generator
@@ -23,6 +30,11 @@ from .model import Generator
 from .registry import get_registry
 
 CHECK_LATENTS = 4  # latents whose images the converted file must reproduce
+_WHY = {errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+        errno.ENOENT: "no such folder", errno.ENOTDIR: "part of the path is a file, not a folder",
+        errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is full",
+        errno.EFBIG: "the file grew past what the disk or the file-size limit (ulimit -f) allows"}
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def convert(source, target, generator: str = "auto", options: dict | None = None, registry=None,
@@ -37,6 +49,7 @@ def convert(source, target, generator: str = "auto", options: dict | None = None
         raise OutputExistsError(f"{target} exists: give another name, or --force to replace it")
     if "weights" in options:
         raise ConfigError("give the weights file as IN, not as an option")
+    check_destination(target)
     if generator == "auto":
         name, found = detect_generator(reg, source)
     else:
@@ -53,16 +66,57 @@ def convert(source, target, generator: str = "auto", options: dict | None = None
             "found": found, "gandid_version": __version__}
     from safetensors.torch import save_file
 
-    tmp = target.with_name(target.stem + ".partial.safetensors")  # the loaders go by the suffix
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+    # written beside OUT and renamed over it once checked: OUT is whole or absent, never half-written
+    tmp = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:8]}.partial.safetensors")  # loaders go by the suffix
     try:
+        try:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        except Exception as exc:
+            raise _write_error(target, exc) from None
         difference = _reproduces(reg, name, original, tmp, options)
+        faults.point("convert")
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _write_error(target, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, target)
     return {"generator": name, "found": found, "tensors": len(tensors), "bytes": target.stat().st_size,
             "max_difference": difference, "config": config}
+
+
+def check_destination(target: Path) -> None:
+    """Prove a file can be created in ``target``'s folder before any model loads (as ``run --out`` does)."""
+    folder = Path(os.path.abspath(target)).parent
+    if target.is_dir():
+        raise ConfigError(f"OUT {str(target)!r} is a folder: give a file name ending in .safetensors")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gandid-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = _WHY.get(exc.errno, exc.strerror)
+        fix = ("create it first, or choose an OUT in an existing folder" if exc.errno in (errno.ENOENT, errno.ENOTDIR)
+               else "free some space, or choose an OUT on another disk" if exc.errno in _FULL
+               else "choose an OUT in a folder you can write to")
+        raise ConfigError(f"cannot write {str(target)!r} into the folder {str(folder)!r} ({why}): {fix}") from None
+
+
+def _write_error(target: Path, exc: Exception) -> Exception:
+    """Writing OUT failed: gandid's message when the system said why (safetensors wraps the OS error in
+    its own, as text), else ``exc`` itself."""
+    code = getattr(exc, "errno", None)
+    if code is None:
+        # Rust's io::Error as safetensors words it: "I/O error: ... (os error 28)", or "Os { code: 28, ... }"
+        found = re.search(r"\bos error (\d+)|\bcode: (\d+)", str(exc))
+        code = int(found.group(1) or found.group(2)) if found else None
+    if code is None:
+        return exc
+    why = _WHY.get(code) or os.strerror(code)
+    fix = ("free some space (or raise the quota or limit), or choose an OUT on another disk" if code in _FULL
+           else "choose an OUT in a folder you can write to")
+    return GandidError(f"could not write {str(target)!r} ({why}); nothing was written, no partial file is left: {fix}")
 
 
 def _reproduces(reg, name: str, original, path: Path, options: dict) -> float:

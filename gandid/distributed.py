@@ -32,6 +32,7 @@ import torch
 
 from .checkpoints import load_error
 from .errors import GandidError
+from .outdir import write_atomic
 
 # How long a finished process waits for the others to finish too (rank 0 still writing the report).
 LEAVE_TIMEOUT = timedelta(minutes=10)
@@ -215,9 +216,8 @@ class Shard(Collective):
             return [value]
         self.exchange_dir.mkdir(parents=True, exist_ok=True)
         path = self.exchange_dir / f"{self.stage}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(_walk(value, lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v), tmp)
-        tmp.replace(path)
+        value = _walk(value, lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+        write_atomic(path, path.with_suffix(".tmp"), lambda tmp: torch.save(value, tmp), "exchange")
         raise ShardStop(self.stage)
 
     def describe(self) -> dict:

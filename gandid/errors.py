@@ -47,3 +47,11 @@ class OutputExistsError(GandidError):
 
 class CheckpointError(GandidError):
     """A weights file that does not match the expected layout."""
+
+
+class DiskFullError(GandidError):
+    """A write failed because the disk, a quota or a file-size limit is full; what was written before stays."""
+
+
+class FusedOpUnavailable(GandidError):
+    """The fused op could not be built or loaded and the run asked for it (``--require-fused``)."""

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import load_state_dict_file
+from .checkpoints import TruncatedFileError, load_state_dict_file
 from .errors import CheckpointError, ConfigError
 
 METADATA_KEY = "gandid"  # the safetensors metadata entry of a converted file: JSON, see convert.py
@@ -108,9 +108,11 @@ def peek(path) -> Peek:
         return Peek(path, "empty")
     if path.suffix == ".safetensors":
         return Peek(path, "safetensors", load_state_dict_file(path), converted_metadata(path))
-    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTO:
+    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTO or _ZIP_MAGIC.startswith(head):  # or a cut zip
         try:
             return Peek(path, "torch", load_state_dict_file(path))
+        except TruncatedFileError:
+            raise  # no plugin reads half a file: the message says what happened
         except CheckpointError as exc:
             # not readable as tensors: a legacy torch file would have been; a plain pickle (an NVlabs
             # snapshot) is for a plugin with its own data-only reader to claim

@@ -8,21 +8,63 @@ atomic writes (``*.tmp``). ``--force`` removes those and nothing else.
 """
 from __future__ import annotations
 
-import datetime as dt
 import errno
-import fcntl
 import json
 import os
-import socket
-import sys
 from pathlib import Path
 
-from .errors import ConfigError, OutputExistsError
+from . import faults
+from .errors import ConfigError, DiskFullError, OutputExistsError
+from .locks import ProcessLock, describe_holder
 
 MARKER = "gandid.run/1"  # run.json's "format": what tells gandid's run.json from anyone else's
 LOCK_NAME = ".gandid.lock"
 STATE_DIR = "state"
 _SCHEMA = {"format": str, "config": dict, "stages": dict, "files": list, "status": str}
+
+
+_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+         errno.EFBIG: "the file would pass the file-size limit (ulimit -f) or the filesystem's largest file"}
+RESUME_HINT = "free some space (or raise the limit), then continue with the same command and --resume"
+
+
+def disk_full_error(exc: BaseException, path: Path | str | None, then: str = RESUME_HINT) -> DiskFullError | None:
+    """gandid's message for a write that failed for want of space, naming ``path``; None for other errors.
+    torch.save reports a short write as a RuntimeError from its zip writer, without errno."""
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        why = _FULL[exc.errno]
+    elif isinstance(exc, RuntimeError) and "inline_container" in str(exc):
+        why = "torch's writer stopped short: the disk, a quota or a file-size limit (ulimit -f) is full"
+    else:
+        return None
+    where = path if path is not None else getattr(exc, "filename", None)
+    return DiskFullError(f"could not write {str(where) if where else 'a file'}: {why}. What was written before "
+                         f"is kept; {then}")
+
+
+def write_atomic(path: Path, tmp: Path, write, point: str = "write", then: str = RESUME_HINT) -> None:
+    """``write(tmp)``, then rename ``tmp`` to ``path``: ``path`` holds the old or the new content, never
+    half of one. A failed write removes ``tmp`` (so nothing half-written is left for a later run to
+    find) and a full disk becomes a :class:`DiskFullError` naming ``path``."""
+    try:
+        write(tmp)
+        faults.point(point)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        error = disk_full_error(exc, path, then) if isinstance(exc, Exception) else None
+        if error is not None:
+            raise error from None
+        raise
+
+
+def write_json(path: Path, data, then: str = RESUME_HINT) -> None:
+    """``path`` as indented JSON, atomically (through ``NAME.json.tmp``)."""
+    text = json.dumps(data, indent=2, default=str)
+    write_atomic(path, path.with_suffix(".json.tmp"), lambda tmp: tmp.write_text(text), "json", then)
 
 
 class OutputLockedError(OutputExistsError):
@@ -42,63 +84,20 @@ def check_writable(out: Path) -> None:
         raise ConfigError(f"--out {str(out)!r} is not writable ({why}): choose a folder you can write to") from None
 
 
-class OutputLock:
-    """An exclusive ``flock`` on ``out/.gandid.lock`` held for the whole run.
-
-    The kernel releases it when the process ends in any way (kill -9 included), so a lock file left
-    behind by a dead run is simply taken over; its PID is only there to name the holder in messages.
-    """
+class OutputLock(ProcessLock):
+    """An exclusive lock on ``out/.gandid.lock`` held for the whole run (see :mod:`gandid.locks`): a lock
+    file left behind by a dead run is simply taken over; a living holder is named in the refusal."""
 
     def __init__(self, out: Path):
-        self.path = Path(out) / LOCK_NAME
-        self.fd: int | None = None
+        super().__init__(Path(out) / LOCK_NAME)
 
     def acquire(self, command: str = "") -> "OutputLock":
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = self._describe_holder(fd)
-                os.close(fd)
-                raise OutputLockedError(f"another gandid run is using {str(self.path.parent)!r} ({holder}): "
-                                        "wait for it to finish, stop it, or choose another --out") from None
-            # The holder before us may have unlinked the file after we opened it: lock the file that is
-            # there now, or we would share the folder with whoever creates the next one.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),
-                "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        os.fsync(fd)
-        self.fd = fd
+        holder = self.try_acquire(command)
+        if holder is not None:
+            raise OutputLockedError(f"another gandid run is using {str(self.path.parent)!r} "
+                                    f"({describe_holder(holder)}): wait for it to finish, stop it, or choose "
+                                    "another --out") from None
         return self
-
-    @staticmethod
-    def _describe_holder(fd: int) -> str:
-        try:
-            info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        except (OSError, ValueError):
-            info = {}
-        if not info:
-            return "process unknown"
-        return (f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: "
-                f"{info.get('command', '')}").strip()
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)  # while still holding it, so nobody locks a file we remove
-        finally:
-            os.close(self.fd)
-            self.fd = None
 
     def __enter__(self):
         return self.acquire()
@@ -122,13 +121,15 @@ def read_record(out: Path) -> dict | None:
 
 
 def is_empty(out: Path) -> bool:
-    return not any(p.name != LOCK_NAME for p in Path(out).iterdir())
+    """Nothing in ``out`` but what a run killed before its first record leaves: the lock file and the
+    temporary file of that record (a folder the next run may take as new)."""
+    return not any(p.name not in (LOCK_NAME, "run.json.tmp") for p in Path(out).iterdir())
 
 
 def owned_paths(out: Path, record: dict) -> list[Path]:
     """Every path in ``out`` that this run's record says gandid wrote (existing or not), inside ``out``."""
     out = Path(out)
-    names = ["run.json", "run.json.tmp", "report.html", "samples.png"]
+    names = ["run.json", "run.json.tmp", "report.html", "report.html.tmp", "samples.png", "samples.png.tmp"]
     names += [f for f in record.get("files", []) if isinstance(f, str)]
     for stage in record.get("stages", {}):
         names += [f"{stage}.json", f"{stage}.json.tmp", f"{STATE_DIR}/{stage}.pt", f"{STATE_DIR}/{stage}.tmp"]

@@ -21,11 +21,11 @@ from .config import RunConfig, check_options, option_names
 from .contracts import check_contract
 from .distributed import (EXCHANGE_DIR, Collective, Shard, ShardStop, from_environment, launched_by_torchrun,
                           process_device, split_threads)
-from .errors import ConfigError, GandidError, OutputExistsError, UnknownNameError
+from .errors import ConfigError, DiskFullError, FusedOpUnavailable, GandidError, OutputExistsError, UnknownNameError
 from .model import Generator, Segmenter, find_layer
 from .registry import Registry, get_registry
 
-_RESUME_IGNORES = ("resume", "force", "out")
+_RESUME_IGNORES = ("resume", "force", "out", "require_fused")  # none changes a number
 
 
 class RateColumn(ProgressColumn):
@@ -46,12 +46,6 @@ class RunResult:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 def _order_analyses(names: list[str], analyses: dict) -> list[str]:
@@ -279,6 +273,43 @@ class Session:
             check = getattr(self.analyses[name], "check", None)
             if check is not None:
                 _as_config_error(reg, "analysis", name, check, self.generator, self.segmenter, self.layers)
+        # 5. The fused op, built here on a first run: before any work, and so that a run interrupted during
+        #    the build has written nothing
+        self.op_backend = self._choose_op()
+
+    def _choose_op(self) -> str:
+        """What runs the fused ops: built or loaded now; a fallback to the reference is said plainly (console,
+        run.json's notes, the report), with why and what it costs, or refused with ``require_fused``."""
+        import os
+        import warnings
+
+        import torch
+
+        from .ops import REFERENCE_COST, backend_name, build
+
+        try:
+            with warnings.catch_warnings():  # the note below says it, once, with what it costs
+                warnings.filterwarnings("ignore", message="gandid: the fused op could not be built")
+                backend = backend_name(self.device)
+        except Exception as exc:  # GANDID_OP_BACKEND=ext asked for it and it failed
+            raise FusedOpUnavailable(f"GANDID_OP_BACKEND=ext: the fused op is unavailable: {build.summary(exc)}. "
+                                     "Run `gandid build-ext --verbose` to see the build") from None
+        if build.cache_note():
+            self._note(build.cache_note())
+        if backend != "reference":
+            return backend
+        if os.environ.get("GANDID_OP_BACKEND", "").strip().lower() == "reference":
+            why = "GANDID_OP_BACKEND=reference asks for the reference"
+        elif build.build_error():
+            why = build.build_error()
+        else:
+            why = f"it has no kernels for {torch.device(self.device).type!r} tensors"
+        message = (f"the fused op is not used ({why}): the PyTorch reference runs instead, {REFERENCE_COST}. "
+                   "`gandid build-ext` builds the op and shows what failed; --require-fused makes this an error")
+        if self.cfg.require_fused:
+            raise FusedOpUnavailable(f"--require-fused: {message}")
+        self._note(message)
+        return backend
 
     def _check_world(self, previous: dict | None) -> None:
         """A run continues with the number of processes it started with: each one's share depends on it."""
@@ -366,8 +397,11 @@ class Session:
         for ax in axes.ravel():
             ax.axis("off")
         fig.tight_layout()
-        fig.savefig(out / "samples.png", dpi=90)
-        plt.close(fig)
+        try:
+            outdir.write_atomic(out / "samples.png", out / "samples.png.tmp",
+                                lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+        finally:
+            plt.close(fig)
 
     def _take_over(self, out: Path) -> dict:
         """Apply the decision made at validation: replace (``--force``) or continue (``--resume``) the
@@ -407,8 +441,6 @@ class Session:
             self.close()
 
     def _execute(self) -> RunResult:
-        from .ops import backend_name
-
         out = Path(self.cfg.out)
         writer = self.collective.is_writer
         if writer:
@@ -418,17 +450,18 @@ class Session:
         record = self.collective.broadcast(record if writer else None)
         if not writer:
             return self._execute_as_helper(record)
-        # Built here, outside the progress display, so the one-time compile shows its own spinner.
-        record["op_backend"] = backend_name(self.device)
+        record["op_backend"] = self.op_backend
         record["notes"] = list(dict.fromkeys(record.get("notes", []) + self.notes))
         record["weights"] = {kind: info for kind, info in (("generator", _weights_info(self.generator)),
                                                            ("segmenter", _weights_info(self.segmenter))) if info}
         run_json = out / "run.json"
-        _write_json_atomic(run_json, record)
+        outdir.write_json(run_json, record)
         result = RunResult(out, "running")
         try:
             self.write_samples(out)
             record["files"] = list(dict.fromkeys(record["files"] + ["samples.png"]))
+        except DiskFullError:  # every write after this one would fail too
+            raise
         except Exception as exc:  # pictures are a convenience: never lose the run for them
             self.console.print(f"[yellow]samples.png not written: {escape(f'{type(exc).__name__}: {exc}')}[/yellow]")
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -456,9 +489,12 @@ class Session:
                 if stage.get("status") == "running":
                     stage["status"] = "interrupted"
             record["ended"] = _now()
-            _write_json_atomic(run_json, record)
+            try:
+                outdir.write_json(run_json, record)
+            except GandidError as again:  # a full disk may refuse this too: the original error matters more
+                self.console.print(f"[yellow]run.json not updated: {escape(str(again))}[/yellow]")
             raise
-        _write_json_atomic(run_json, record)
+        outdir.write_json(run_json, record)
         if isinstance(self.collective, Shard):
             self.console.print(f"shard {self.cfg.shard} done in {out}: once every shard is, join them with "
                                f"`gandid merge SHARD_DIR... --out DIR`")
@@ -492,7 +528,7 @@ class Session:
     def _write(self, path: Path, data: dict) -> None:
         """Rank 0 writes the output folder; the other processes keep to their own state."""
         if self.collective.is_writer:
-            _write_json_atomic(path, data)
+            outdir.write_json(path, data)
 
     def _say(self, message: str) -> None:
         """Rank 0 speaks on its console; the others prefix their rank (they log, not draw)."""
@@ -549,6 +585,12 @@ class Session:
             self._say(f"[green]{name}[/green]: this shard's part done in {record['stages'][name]['seconds']:.1f} s")
             return
         except Exception as exc:  # one failing analysis must not take the others down
+            if isinstance(exc, DiskFullError):  # ... but a full disk takes them all: stop, keep what is written
+                raise
+            full = outdir.disk_full_error(exc, getattr(exc, "filename", None)
+                                          or f"a file of analysis {name!r} in {str(out)!r}")
+            if full is not None:
+                raise full from None
             plugin = self.registry.get("analysis", name).plugin.name
             message = (f"analysis {name!r} failed: {exc}" if isinstance(exc, GandidError)
                        else f"analysis {name!r} (plugin {plugin!r}) failed: {type(exc).__name__}: {exc}")

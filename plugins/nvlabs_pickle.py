@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from gandid.checkpoints import load_error
+from gandid.checkpoints import load_error, truncation_error
 from gandid.errors import CheckpointError
 
 PICKLE_PROTO = 0x80  # every pickle of protocol 2 or later starts with the PROTO opcode
@@ -439,6 +439,10 @@ def load_nvlabs_pickle(path) -> Any:
     except RecursionError:
         raise CheckpointError(f"{path}: unreadable: its objects nest too deeply to be a network pickle") from None
     except Exception as exc:  # UnpicklingError, EOFError, ValueError, TypeError ... from a damaged stream
+        # a stream cut short fails as whatever its last bytes look like: say so, with the size
+        cut = truncation_error(path, exc)
+        if cut is not None:
+            raise cut from None
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(f"{path}: unreadable: not a valid pickle, damaged or truncated "
                               f"({type(exc).__name__}: {detail})") from None

@@ -15,6 +15,7 @@ import gandid.analysis
 import gandid.buffers
 from gandid import hookimpl
 from gandid.config import RunConfig
+from gandid.interrupts import sigterm_interrupts
 from gandid.registry import Registry
 from gandid.runner import run
 from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
@@ -61,12 +62,13 @@ def config(out: str, resume: bool = False, samples: int = 40, shard: str | None 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if "--merge" in args:
-        from gandid.merge import merge
+    with sigterm_interrupts():  # as `gandid run` does: torchrun ends the survivors of a failure with SIGTERM
+        if "--merge" in args:
+            from gandid.merge import merge
 
-        result = merge(args[args.index("--merge") + 1:], args[0], registry=registry())
-    else:
-        shard = args[args.index("--shard") + 1] if "--shard" in args else None
-        result = run(config(args[0], resume="--resume" in args, shard=shard), registry=registry())
+            result = merge(args[args.index("--merge") + 1:], args[0], registry=registry())
+        else:
+            shard = args[args.index("--shard") + 1] if "--shard" in args else None
+            result = run(config(args[0], resume="--resume" in args, shard=shard), registry=registry())
     print(f"rank {os.environ.get('RANK', '0')}: {result.status}, {CountingSegmenter.calls} segmentations")
     sys.exit(0 if not result.errors else 1)

@@ -2,8 +2,14 @@
 converts to .safetensors with gandid's metadata and loads back to the same images (compared here with
 the original file's images); what is not a generator file is named, and a plugin whose checkpoint()
 loses something writes nothing."""
+import errno
 import json
+import os
+import resource
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,7 +79,7 @@ def test_every_format_is_recognised_converted_and_loaded_back(registry, tmp_path
     assert name == plugin and found
     out = tmp_path / "converted.safetensors"
     done = convert(path, out, registry=registry)
-    assert done["generator"] == plugin and out.is_file() and not (tmp_path / "converted.partial.safetensors").exists()
+    assert done["generator"] == plugin and out.is_file() and not list(tmp_path.glob("*.partial.safetensors"))
     meta = converted_metadata(out)
     assert meta["generator"] == plugin and meta["source"] == path.name and meta["format"] == 1
     assert detect_generator(registry, out)[0] == plugin  # the metadata names its plugin
@@ -144,7 +150,7 @@ def test_a_checkpoint_that_loses_something_writes_nothing(tmp_path):
     (tmp_path / "w.pt").write_bytes(b"")
     with pytest.raises(GandidError, match="does not reproduce"):
         convert(tmp_path / "w.pt", tmp_path / "out.safetensors", generator="lossy", registry=reg)
-    assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "out.partial.safetensors").exists()
+    assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob("*.partial.safetensors"))
 
 
 def test_run_with_generator_auto_records_what_it_found(registry, tmp_path):
@@ -224,3 +230,147 @@ def test_gandid_convert_on_the_command_line(tmp_path, capsys):
     assert main(["convert", str(path), str(out)]) == 2
     said = " ".join(capsys.readouterr().err.split())
     assert "--force" in said and "Traceback" not in said
+
+
+# -- the destination: checked before anything loads; written whole or not at all -------------------------
+def recording_registry():
+    """A registry whose one generator records every time it is built (a stand-in for loading a model)."""
+    from gandid.testing import TinyGenerator
+
+    built = []
+
+    def factory(weights=None):
+        built.append(weights)
+        return TinyGenerator()
+
+    module = types.ModuleType("recording")
+    module.gandid_register_generators = hookimpl(lambda register: register("recording", factory))
+    reg = Registry(load_entry_points=False)
+    reg.add_plugin(module, "recording")
+    return reg, built
+
+
+def test_a_read_only_destination_is_named_before_anything_loads(tmp_path, monkeypatch):
+    """The filesystem refuses the probe file (EROFS from os.open, what a read-only mount answers): the
+    message names the folder, says why and what to do, and no model was loaded."""
+    reg, built = recording_registry()
+    (tmp_path / "w.pt").write_bytes(b"")
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    real_open = os.open
+
+    def read_only_open(path, *args, **kwargs):
+        if Path(path).parent == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    with pytest.raises(ConfigError) as caught:
+        convert(tmp_path / "w.pt", folder / "g.safetensors", generator="recording", registry=reg)
+    message = str(caught.value)
+    assert f"folder {str(folder)!r}" in message and "read-only filesystem" in message, message
+    assert "choose an OUT in a folder you can write to" in message
+    assert built == [] and not list(folder.iterdir())
+    monkeypatch.undo()
+    convert(tmp_path / "w.pt", folder / "g.safetensors", generator="recording", registry=reg)  # the same, writable
+    assert built and (folder / "g.safetensors").is_file()
+
+
+def test_a_folder_the_system_refuses_is_named_before_anything_loads(tmp_path):
+    """A real refusal by the kernel: a folder without write permission (0o555) for a normal user; root
+    writes there anyway, so as root sysfs, which refuses new files to everyone."""
+    reg, built = recording_registry()
+    (tmp_path / "w.pt").write_bytes(b"")
+    if os.geteuid() != 0:
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o555)
+    else:
+        folder = Path("/sys/kernel")
+    try:
+        (folder / "gandid-probe").write_bytes(b"")
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM):
+            pytest.skip(f"{folder} refuses files with {errno.errorcode[exc.errno]}, not a permission error")
+    else:
+        (folder / "gandid-probe").unlink()
+        pytest.skip(f"{folder} is writable here")
+    try:
+        with pytest.raises(ConfigError) as caught:
+            convert(tmp_path / "w.pt", folder / "g.safetensors", generator="recording", registry=reg)
+    finally:
+        if folder.is_relative_to(tmp_path):
+            folder.chmod(0o755)
+    message = str(caught.value)
+    assert f"folder {str(folder)!r}" in message and ("permission denied" in message
+                                                     or "operation not permitted" in message), message
+    assert built == [] and not (folder / "g.safetensors").exists()
+
+
+def test_a_missing_destination_folder_is_named_before_anything_loads(tmp_path, capsys):
+    from gandid.cli import main
+
+    reg, built = recording_registry()
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(ConfigError) as caught:
+        convert(tmp_path / "w.pt", tmp_path / "no" / "such" / "g.safetensors", generator="recording", registry=reg)
+    message = str(caught.value)
+    assert f"folder {str(tmp_path / 'no' / 'such')!r}" in message and "no such folder" in message, message
+    assert "create it first" in message and built == []
+    assert main(["convert", str(tmp_path / "w.pt"), str(tmp_path / "no" / "g.safetensors")]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "no such folder" in said and "Traceback" not in said, said
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        convert(tmp_path / "w.pt", tmp_path / "dir.safetensors", generator="recording", registry=reg, force=True)
+    assert built == []
+
+
+@pytest.mark.parametrize("failure", ["oserror", "safetensors"])
+def test_a_write_that_fails_midway_leaves_out_as_it_was(registry, tmp_path, monkeypatch, failure):
+    """The disk fills while the file is written (after part of it is on disk): OUT keeps what it held
+    before (here an older file replaced with force), no partial file is left, the message names OUT."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    path, _ = write(tmp_path, "stylegan2")
+    out = tmp_path / "g.safetensors"
+    out.write_bytes(b"the previous file")
+
+    def fill_the_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 1000)  # part of the file is written
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fill_the_disk)
+    with pytest.raises(GandidError) as caught:
+        convert(path, out, registry=registry, force=True)
+    message = str(caught.value)
+    assert str(out) in message and "the disk is full" in message and "nothing was written" in message, message
+    assert out.read_bytes() == b"the previous file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, out.name])
+
+
+def test_a_file_size_limit_leaves_no_half_written_file(tmp_path):
+    """`gandid convert` in a process that may write at most 16 KiB per file (RLIMIT_FSIZE: the kernel
+    answers EFBIG past it, as a full disk answers ENOSPC): exit 2, a message naming OUT, no traceback, and
+    nothing in the output folder."""
+    path, _ = write(tmp_path, "stylegan2")
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    out = folder / "g.safetensors"
+    limit = 16 * 1024
+    assert path.stat().st_size > 2 * limit  # the converted file cannot fit under the limit
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="400", PYTHONDONTWRITEBYTECODE="1")
+    done = subprocess.run([sys.executable, "-m", "gandid", "convert", str(path), str(out)], capture_output=True,
+                          text=True, env=env, preexec_fn=limit_file_size, timeout=300)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stderr
+    assert str(out) in said and "file-size limit" in said and "nothing was written" in said, said
+    assert "Traceback" not in said
+    assert list(folder.iterdir()) == []

@@ -463,7 +463,7 @@ def test_every_progress_bar_has_a_total(tmp_path, monkeypatch):
 
 
 # -- what already worked, kept covered: real signals to a real `gandid run` ---------------------------
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_signalled_cli_run_resumes_to_the_same_numbers(tmp_path, installed_plugins, sig):
     def args(out, *extra):
         return ["run", "--generator", "tiny", "--segmenter", "tiny", "--analysis", "count", "--samples", "40",
@@ -487,8 +487,11 @@ def test_a_signalled_cli_run_resumes_to_the_same_numbers(tmp_path, installed_plu
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     record = json.loads((out / "run.json").read_text())
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "--resume" in stderr, (proc.returncode, stderr[-3000:])
+    if sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: a scheduler's limit, `kill`, torchrun ending a group
+        said = " ".join(stderr.split())
+        assert proc.returncode == (130 if sig == signal.SIGINT else 143), (proc.returncode, stderr[-3000:])
+        assert "partial results are in" in said and "--resume" in said, said
+        assert ("terminated (SIGTERM)" in said) == (sig == signal.SIGTERM)
         assert record["status"] == "interrupted"
     else:  # nothing ran after the kill: run.json still says running, and the lock went with the process
         assert proc.returncode == -signal.SIGKILL and record["status"] == "running"

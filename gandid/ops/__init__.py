@@ -16,6 +16,8 @@ from .validate import check_args, check_beta_src_values, check_outputs
 __all__ = ["intervene_pixelnorm", "intervene_pixelnorm_reference", "instance_norm", "instance_norm_reference",
            "backend_name", "choose_backend"]
 BACKENDS = ("reference", "ext")
+# What a run loses without the extension, measured (benchmarks/RESULTS.md, "The reference fallback").
+REFERENCE_COST = "MEASURE_ME"
 
 
 def choose_backend(device) -> str:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from ..outdir import write_atomic
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222;line-height:1.45}
 h1{margin-bottom:.1em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -38,6 +40,7 @@ h3{margin-top:1.4em}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:.25em .6em;font-size:.9em}
 th{background:#f4f4f4;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #eee} .muted{color:#666;font-size:.9em}
+.notes{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em 1em .4em 2em;font-size:.9em}
 .grid{display:flex;flex-wrap:wrap;gap:0 2em;align-items:flex-start}
 .grid figure{margin:.5em 0} .grid>div{max-width:36em}
 figure{margin:.5em 0} figcaption{font-size:.8em;color:#555}
@@ -264,6 +267,14 @@ def _headline(record: dict) -> str:
     return f"<p class='muted'>{' · '.join(bits)}; started {esc(_when(record.get('started')))}.</p>"
 
 
+def _notes(record: dict) -> str:
+    """The run's notes (e.g. the fused op was unavailable and what that cost), where a reader sees them."""
+    notes = [n for n in record.get("notes") or [] if isinstance(n, str)]
+    if not notes:
+        return ""
+    return "<ul class='notes' id='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
+
+
 def _took(record: dict) -> str:
     """`` in 5 min 18 s`` from start to end, none for a resumed run (its span would count the pause)."""
     if record.get("resumes"):
@@ -342,6 +353,7 @@ def write_report(out_dir, record: dict, analyses: dict, results: dict) -> Path:
              f"<style>{STYLE}</style>{CHECK}</head><body>",
              "<h1>gandid report</h1>",
              _headline(record),
+             _notes(record),
              _findings(record, analyses, results),
              "<nav class='toc'>" + "".join(f"<a href='#{esc(a)}'>{esc(t)}</a>" for a, t in toc) + "</nav>",
              *body,
@@ -350,5 +362,6 @@ def write_report(out_dir, record: dict, analyses: dict, results: dict) -> Path:
                                                               for f in record.get("files", [])) + "</p>",
              "</body></html>"]
     path = out_dir / "report.html"
-    path.write_text("\n".join(parts))
+    html = "\n".join(parts)
+    write_atomic(path, path.with_suffix(".html.tmp"), lambda tmp: tmp.write_text(html), "report")
     return path

@@ -24,6 +24,7 @@ from .explorer import BadRequest, Explorer, NotFound
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 1 << 20  # bytes: a 256 x 256 region written out as JSON numbers fits with room to spare
+MAX_DEPTH = 16  # nested lists/objects in a body: an edit needs 3 (object, region, row)
 HEADERS = {
     # the views load nothing from elsewhere; images are data: URLs or the run's own files
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
@@ -101,10 +102,42 @@ async def _json_body(request: Request):
     body = await request.body()
     if len(body) > MAX_BODY:
         raise BadRequest(f"the request body must be at most {MAX_BODY} bytes")
+    too_deep = (f"the request body nests lists and objects more than {MAX_DEPTH} deep: an edit needs 3 "
+                "(see docs/serve.md)")
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except ValueError as exc:
         raise BadRequest(f"the request body is not JSON: {exc}") from None
+    except RecursionError:  # the decoder recurses per level: '[' * 100000 ends here
+        raise BadRequest(too_deep) from None
+    if _deeper_than(value, MAX_DEPTH):  # what parsed may still be too deep for repr() in an error message
+        raise BadRequest(too_deep)
+    return value
+
+
+def _deeper_than(value, limit: int) -> bool:
+    """Whether ``value`` nests lists/dicts more than ``limit`` deep (level by level: the check must not recurse)."""
+    level = [value]
+    for _ in range(limit):
+        level = [child for v in level if isinstance(v, (list, dict))
+                 for child in (v.values() if isinstance(v, dict) else v)]
+    return any(isinstance(v, (list, dict)) for v in level)
+
+
+class RefuseNul:
+    """ASGI middleware: a path holding NUL (``%00``) is a 400 before any route sees it; the file system calls
+    would raise ValueError ("embedded null byte") on it, and no run's file or analysis name has one."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and "\x00" in scope.get("path", ""):
+            path = scope["path"].replace("\x00", "%00")
+            await _error(400, f"the path {path!r} holds a NUL character (%00): no file or analysis name has one")(
+                scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: int = 8,
@@ -134,11 +167,14 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
 
     async def run_file(request):
         relative = request.path_params["path"]
+        if "\x00" in relative:  # RefuseNul answers first; kept so this route is safe on its own
+            raise BadRequest(f"path {relative!r} holds a NUL character: give a file name that run.json lists")
         if relative.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", relative):
             raise BadRequest(f"path {relative!r} leaves the run folder: give a file name that run.json lists")
         return FileResponse(explorer.file(relative), headers=HEADERS)
 
     async def on_model(request, fn, *args):
+        explorer.refresh()  # a run still writing: its seed and DID sites as run.json says now
         answer = await models.run(request, fn, *args)
         return Response(status_code=499) if answer is None else JSONResponse(answer)
 
@@ -183,6 +219,7 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
         Route("/api/edit", edit, methods=["POST"]), Route("/api/arms", arms, methods=["POST"]),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    middleware.append(Middleware(RefuseNul))
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         BadRequest: bad_request, NotFound: not_found, Busy: busy, 404: no_route, 405: no_route, Exception: failed})
     app.state.explorer, app.state.models = explorer, models

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import colorsys
+import functools
 import io
 import json
 import math
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from ..hooks import features_at
 from ..intervene import ARM_TITLES, BetaControl, Intervention, counterfactuals, variants
 from ..model import find_layer
 from ..registry import Registry, get_registry
-from ..runner import build_models, resolve_device
+from ..runner import build_models, model_options, resolve_device
 from ..segmentation import class_fractions, label_planes
 
 MAX_SAMPLE = 2 ** 31  # sample i is latent i of the run's seed: any non-negative index is valid
@@ -30,6 +33,7 @@ MAX_IMAGES = 16  # samples per unit-images request
 MAX_VALUE = 1e4  # |insertion value|
 VALUE_SAMPLES = 16  # samples whose activations give a unit's default insertion value
 VALUE_QUANTILE = 0.99
+FINISHED = ("completed", "completed_with_errors", "failed", "shard_done")  # run.json statuses a run ends with
 
 
 class BadRequest(GandidError):
@@ -90,39 +94,94 @@ class Edit:
     region: torch.Tensor | None  # (h, w) in [0, 1], or None for the whole map
 
 
+def _on_models(method):
+    """Run ``method`` holding the models' lock, so that a reload's new models never meet it halfway."""
+    @functools.wraps(method)
+    def locked(self, *args):
+        with self._models_lock:
+            return method(self, *args)
+    return locked
+
+
 class Explorer:
     """A run folder with its generator and segmenter rebuilt from run.json."""
 
     def __init__(self, run_dir: str | Path, registry: Registry | None = None, device: str = "cpu"):
         self.run_dir = Path(run_dir).resolve()
-        record_path = self.run_dir / "run.json"
-        if not record_path.is_file():
+        self.record_path = self.run_dir / "run.json"
+        if not self.record_path.is_file():
             raise GandidError(f"{str(run_dir)!r} is not a gandid run folder (no run.json): give the --out "
                               "folder of a `gandid run`")
-        try:
-            self.record = json.loads(record_path.read_text())
-            self.config = RunConfig.from_dict(self.record["config"])
-        except (ValueError, KeyError, TypeError, GandidError) as exc:
-            raise GandidError(f"{record_path} is damaged or from another gandid ({exc}): serve a run written by "
-                              "this version, or run it again") from None
+        self.registry = registry or get_registry()
         self.device = resolve_device(device)
+        self._reload_lock = threading.Lock()
+        self._models_lock = threading.RLock()  # model calls hold it: a reload swaps the models between calls
+        self._stamp = _stamp(self.record_path)
+        record, config = self._read_record()
+        self._use(record, config, self._build_models(config))
+        status = record.get("status")
+        if status not in FINISHED:
+            _warn(f"run.json says this run is {status!r}, not finished: serving what it has written so far. The server "
+                  "re-reads run.json whenever the run rewrites it: reload the page to see what it has added since.")
+
+    def _read_record(self) -> tuple[dict, RunConfig]:
         try:
-            self.generator, self.segmenter = build_models(registry or get_registry(), self.config, self.device)
+            record = json.loads(self.record_path.read_text())
+            return record, RunConfig.from_dict(record["config"])
+        except (OSError, ValueError, KeyError, TypeError, GandidError) as exc:
+            raise GandidError(f"{self.record_path} is damaged or from another gandid ({exc}): serve a run written by "
+                              "this version, or run it again") from None
+
+    def _build_models(self, config: RunConfig) -> tuple:
+        """The run's generator and segmenter, in eval mode."""
+        try:
+            generator, segmenter = build_models(self.registry, config, self.device)
         except GandidError as exc:
-            raise type(exc)(f"{exc} (rebuilding the models of {str(run_dir)!r} from its run.json: relative weight paths "
-                            "there are relative to the folder `gandid run` was started in; start `gandid serve` "
+            raise type(exc)(f"{exc} (rebuilding the models of {str(self.run_dir)!r} from its run.json: relative weight "
+                            "paths there are relative to the folder `gandid run` was started in; start `gandid serve` "
                             "there)") from None
-        if self.segmenter is None:
-            raise GandidError(f"the run in {str(run_dir)!r} has no segmenter: serve needs one to show segmentations")
-        for model in (self.generator, self.segmenter):
+        if segmenter is None:
+            raise GandidError(f"the run in {str(self.run_dir)!r} has no segmenter: serve needs one to show "
+                              "segmentations")
+        for model in (generator, segmenter):
             if hasattr(model, "eval"):
                 model.eval()
-        self.labels = list(self.segmenter.labels)
-        self.colours = torch.tensor(palette(len(self.labels)), dtype=torch.uint8)
-        self._insert_values: dict[str, torch.Tensor] = {}
+        return generator, segmenter
+
+    def _use(self, record: dict, config: RunConfig, models: tuple | None) -> None:
+        """Serve ``record`` (and ``models``, when given: from the next model call on)."""
+        if models is None:  # the same models: no need to wait for a model call in flight
+            self.record, self.config = record, config
+            return
+        with self._models_lock:
+            self.record, self.config = record, config
+            self.generator, self.segmenter = models
+            self.labels = list(self.segmenter.labels)
+            self.colours = torch.tensor(palette(len(self.labels)), dtype=torch.uint8)
+            self._insert_values: dict[str, torch.Tensor] = {}
+
+    def refresh(self) -> None:
+        """Re-read run.json if it changed on disk since it was last read (a run still writing it): one stat per
+        call. The models are rebuilt only when the ones it names changed (e.g. a --force rerun in the folder)."""
+        stamp = _stamp(self.record_path)
+        if stamp is None or stamp == self._stamp:  # None: gone for the moment; keep serving what was read
+            return
+        with self._reload_lock:
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp  # before reading: a write after the stat gives a new stamp, read next time
+            try:
+                record, config = self._read_record()
+                # rebuilding takes a while (weights are read again): only for other models, e.g. a --force rerun
+                models = self._build_models(config) if _model_key(config) != _model_key(self.config) else None
+            except Exception as exc:  # keep the last good view; the run's next write gets another try
+                _warn(f"not reloading {self.record_path}: {type(exc).__name__}: {exc}")
+                return
+            self._use(record, config, models)
 
     # -- what the run is -----------------------------------------------------------------------
     def info(self) -> dict:
+        self.refresh()
         stages = self.record.get("stages") or {}
         gen = self.generator
         return {  # the JSON API's /api/run (docs/serve.md)
@@ -147,6 +206,10 @@ class Explorer:
 
     def result(self, analysis: str) -> dict:
         """An analysis's JSON result, as the run wrote it."""
+        self.refresh()
+        return self._read_result(analysis)
+
+    def _read_result(self, analysis: str) -> dict:
         path = self._result_path(analysis)
         if path is None:
             done = [name for name in (self.record.get("stages") or {}) if self._result_path(name)]
@@ -156,17 +219,20 @@ class Explorer:
 
     def file(self, relative: str) -> Path:
         """A file the run lists in run.json, inside the run folder; anything else is NotFound."""
-        listed = set(self.record.get("files") or [])
+        self.refresh()
+        missing = NotFound(f"no file {relative!r} in this run (only the files run.json lists are served)")
+        if relative not in set(self.record.get("files") or []) or "\x00" in relative:
+            raise missing  # before any file system call: they raise ValueError on a NUL
         path = (self.run_dir / relative).resolve()
-        if relative not in listed or not path.is_relative_to(self.run_dir) or not path.is_file():
-            raise NotFound(f"no file {relative!r} in this run (only the files run.json lists are served)")
+        if not path.is_relative_to(self.run_dir) or not path.is_file():
+            raise missing
         return path
 
     def _did_sites(self, layer: str | None = None) -> list[str] | None:
         """The norm sites the run's DID controlled (for an edit at another layer than the DID's: None, the
         default sites from that layer on)."""
         try:
-            did = self.result("did")
+            did = self._read_result("did")  # no refresh: a model call keeps the models it started with
             return None if layer is not None and did["layer"] != layer else list(did["sites"])
         except (NotFound, KeyError, TypeError, ValueError):
             return None
@@ -246,12 +312,14 @@ class Explorer:
         return {"image": png_data_url(to_rgb(image)), "segmentation": png_data_url(colours.permute(2, 0, 1)),
                 "areas": {name: round(float(a), 6) for name, a in zip(self.labels, areas) if a > 0}}
 
+    @_on_models
     @torch.no_grad()
     def sample(self, index) -> dict:
         index = self.sample_index(index)
         images = self.generator.forward(self._latents([index]))
         return {"index": index, **self._view(images[0], self._segment(images)[0])}
 
+    @_on_models
     @torch.no_grad()
     def unit_images(self, layer, unit, threshold, samples) -> dict:
         """The unit's map above ``threshold`` outlined on each sample, in one batched pass."""
@@ -294,6 +362,7 @@ class Explorer:
             values = [float(v) for v in self.insert_values(edit.layer)[edit.units]]
         return Intervention(edit.layer, edit.units, edit.region, edit.strength, values), values
 
+    @_on_models
     @torch.no_grad()
     def edit(self, edit: Edit) -> dict:
         """The original and the edited sample from one batched engine call (one shared prefix)."""
@@ -307,6 +376,7 @@ class Explorer:
         return {"original": original, "edited": edited, "change": _change(original["areas"], edited["areas"]),
                 "values": values, "ms": round(1000 * (time.perf_counter() - started), 1)}
 
+    @_on_models
     @torch.no_grad()
     def arms(self, edit: Edit) -> dict:
         """The four DID arms of the edit (one batched engine call) and ΔY."""
@@ -332,6 +402,24 @@ class Explorer:
         return {"arms": views, "arm_titles": dict(ARM_TITLES), "sites": list(arms.sites), "values": values,
                 "did": {"image": png_data_url(_heat(magnitude)), "mean_abs": float(magnitude.mean()), "area": area},
                 "ms": round(1000 * (time.perf_counter() - started), 1)}
+
+
+def _stamp(path: Path) -> tuple | None:
+    """What changes when ``path`` is rewritten (the runs replace run.json: a new inode), or None if it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _model_key(config: RunConfig) -> tuple:
+    """What the served models are built from: another key needs other models."""
+    return config.generator, config.segmenter, model_options(config)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _parsed(value, name: str, kind: type):
