@@ -276,10 +276,7 @@ class RunContext:
 
     def write_json(self, name: str, data: Any) -> Path:
         p = self.path(name)
-        try:
-            p.write_text(json.dumps(data, indent=2))
-        except OSError as exc:
-            raise outdir.disk_full_error(exc, p) or exc from None
+        outdir.write_json(p, data)
         return p
 
 

@@ -160,7 +160,7 @@ def cmd_run(args) -> int:
 
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         record = read_record(Path(cfg.out)) if Path(cfg.out).is_dir() else None
-        if record is not None and record.get("status") == "interrupted":
+        if record is not None:
             err_console.print(f"[yellow]{what}: partial results are in {escape(cfg.out)}; continue with "
                               f"`gandid run ... --out {escape(cfg.out)} --resume` (the same options)[/yellow]")
         else:  # stopped before the run wrote its record (e.g. while the op was being built)
@@ -248,7 +248,7 @@ def cmd_build_ext(args) -> int:
         return 1
     print(f"{'built' if build.built_here else 'loaded the cached build of'} {module.__name__} in "
           f"{time.perf_counter() - t0:.1f} s")
-    print(f"  library: {build.library_path(module.__name__) if build.cache_note() is None else module.__file__}")
+    print(f"  library: {build.cache_note() or build.library_path(module.__name__)}")
     print(f"  sources: {build.csrc_dir()}")
     print(f"  CUDA kernels: {'yes' if module.with_cuda() else 'no (CPU only)'}")
     return 0

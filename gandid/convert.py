@@ -24,17 +24,14 @@ import torch
 
 from . import __version__, faults
 from .contracts import check_contract
-from .errors import ConfigError, GandidError, OutputExistsError
+from .errors import ConfigError, DiskFullError, GandidError, OutputExistsError
 from .formats import METADATA_KEY, detect_generator
 from .model import Generator
+from .outdir import FULL, WHY_NOT_WRITTEN
 from .registry import get_registry
 
 CHECK_LATENTS = 4  # latents whose images the converted file must reproduce
-_WHY = {errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-        errno.ENOENT: "no such folder", errno.ENOTDIR: "part of the path is a file, not a folder",
-        errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is full",
-        errno.EFBIG: "the file grew past what the disk or the file-size limit (ulimit -f) allows"}
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 
 
 def convert(source, target, generator: str = "auto", options: dict | None = None, registry=None,
@@ -96,9 +93,9 @@ def check_destination(target: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        why = _WHY.get(exc.errno, exc.strerror)
+        why = WHY_NOT_WRITTEN.get(exc.errno, exc.strerror)
         fix = ("create it first, or choose an OUT in an existing folder" if exc.errno in (errno.ENOENT, errno.ENOTDIR)
-               else "free some space, or choose an OUT on another disk" if exc.errno in _FULL
+               else "free some space, or choose an OUT on another disk" if exc.errno in FULL
                else "choose an OUT in a folder you can write to")
         raise ConfigError(f"cannot write {str(target)!r} into the folder {str(folder)!r} ({why}): {fix}") from None
 
@@ -113,10 +110,11 @@ def _write_error(target: Path, exc: Exception) -> Exception:
         code = int(found.group(1) or found.group(2)) if found else None
     if code is None:
         return exc
-    why = _WHY.get(code) or os.strerror(code)
-    fix = ("free some space (or raise the quota or limit), or choose an OUT on another disk" if code in _FULL
+    why = WHY_NOT_WRITTEN.get(code) or os.strerror(code)
+    fix = ("free some space (or raise the quota or limit), or choose an OUT on another disk" if code in FULL
            else "choose an OUT in a folder you can write to")
-    return GandidError(f"could not write {str(target)!r} ({why}); nothing was written, no partial file is left: {fix}")
+    kind = DiskFullError if code in FULL else GandidError
+    return kind(f"could not write {str(target)!r} ({why}); nothing was written, no partial file is left: {fix}")
 
 
 def _reproduces(reg, name: str, original, path: Path, options: dict) -> float:

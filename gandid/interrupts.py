@@ -16,6 +16,7 @@ class Terminated(KeyboardInterrupt):
 def sigterm_interrupts():
     """While inside, SIGTERM raises :class:`Terminated` in the main thread (a no-op elsewhere)."""
     def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut short recording the first
         raise Terminated()
 
     try:

@@ -18,7 +18,7 @@ from .config import RunConfig, parse_shard
 from .distributed import EXCHANGE_DIR, Merge
 from .errors import ConfigError
 
-_PER_SHARD = ("out", "shard", "resume", "force")  # config keys that may differ between shards
+_PER_SHARD = ("out", "shard", "resume", "force", "require_fused")  # config keys that may differ between shards
 
 
 def read_shards(folders: list[str | Path]) -> list[tuple[Path, dict]]:

@@ -23,16 +23,23 @@ STATE_DIR = "state"
 _SCHEMA = {"format": str, "config": dict, "stages": dict, "files": list, "status": str}
 
 
-_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-         errno.EFBIG: "the file would pass the file-size limit (ulimit -f) or the filesystem's largest file"}
-RESUME_HINT = "free some space (or raise the limit), then continue with the same command and --resume"
+# Why a file could not be written, in words (OSError.errno -> phrase), and which of those mean "full".
+WHY_NOT_WRITTEN = {
+    errno.EROFS: "the filesystem is read-only", errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted", errno.ENOENT: "no such folder",
+    errno.ENOTDIR: "part of the path is a file, not a folder", errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file would pass the file-size limit (ulimit -f) or the filesystem's largest file"}
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+RESUME_HINT = ("free some space (or raise the limit), then continue: the same `gandid run` with --resume "
+               "(a `gandid merge`: the same merge with --force)")
 
 
 def disk_full_error(exc: BaseException, path: Path | str | None, then: str = RESUME_HINT) -> DiskFullError | None:
     """gandid's message for a write that failed for want of space, naming ``path``; None for other errors.
     torch.save reports a short write as a RuntimeError from its zip writer, without errno."""
-    if isinstance(exc, OSError) and exc.errno in _FULL:
-        why = _FULL[exc.errno]
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        why = WHY_NOT_WRITTEN[exc.errno]
     elif isinstance(exc, RuntimeError) and "inline_container" in str(exc):
         why = "torch's writer stopped short: the disk, a quota or a file-size limit (ulimit -f) is full"
     else:
@@ -48,6 +55,7 @@ def write_atomic(path: Path, tmp: Path, write, point: str = "write", then: str =
     find) and a full disk becomes a :class:`DiskFullError` naming ``path``."""
     try:
         write(tmp)
+        _sync(tmp)  # the content on disk before the name: a power cut must not leave an empty run.json
         faults.point(point)
         os.replace(tmp, path)
     except BaseException as exc:
@@ -59,6 +67,14 @@ def write_atomic(path: Path, tmp: Path, write, point: str = "write", then: str =
         if error is not None:
             raise error from None
         raise
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, data, then: str = RESUME_HINT) -> None:
@@ -79,8 +95,7 @@ def check_writable(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        why = {errno.EROFS: "the filesystem is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "operation not permitted", errno.ENOSPC: "the disk is full"}.get(exc.errno, exc.strerror)
+        why = WHY_NOT_WRITTEN.get(exc.errno, exc.strerror)
         raise ConfigError(f"--out {str(out)!r} is not writable ({why}): choose a folder you can write to") from None
 
 

@@ -287,18 +287,23 @@ class Session:
 
         from .ops import REFERENCE_COST, backend_name, build
 
+        forced = os.environ.get("GANDID_OP_BACKEND", "").strip().lower()
         try:
             with warnings.catch_warnings():  # the note below says it, once, with what it costs
                 warnings.filterwarnings("ignore", message="gandid: the fused op could not be built")
                 backend = backend_name(self.device)
-        except Exception as exc:  # GANDID_OP_BACKEND=ext asked for it and it failed
+        except ValueError as exc:  # a misspelt GANDID_OP_BACKEND or GANDID_BUILD_WAIT
+            raise ConfigError(str(exc)) from None
+        except Exception as exc:
+            if forced != "ext":
+                raise
             raise FusedOpUnavailable(f"GANDID_OP_BACKEND=ext: the fused op is unavailable: {build.summary(exc)}. "
                                      "Run `gandid build-ext --verbose` to see the build") from None
         if build.cache_note():
             self._note(build.cache_note())
         if backend != "reference":
             return backend
-        if os.environ.get("GANDID_OP_BACKEND", "").strip().lower() == "reference":
+        if forced == "reference":
             why = "GANDID_OP_BACKEND=reference asks for the reference"
         elif build.build_error():
             why = build.build_error()
@@ -457,17 +462,18 @@ class Session:
         run_json = out / "run.json"
         outdir.write_json(run_json, record)
         result = RunResult(out, "running")
-        try:
-            self.write_samples(out)
-            record["files"] = list(dict.fromkeys(record["files"] + ["samples.png"]))
-        except DiskFullError:  # every write after this one would fail too
-            raise
-        except Exception as exc:  # pictures are a convenience: never lose the run for them
-            self.console.print(f"[yellow]samples.png not written: {escape(f'{type(exc).__name__}: {exc}')}[/yellow]")
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
                             transient=True)
-        try:
+        try:  # from here on, any stop is recorded in run.json
+            try:
+                self.write_samples(out)
+                record["files"] = list(dict.fromkeys(record["files"] + ["samples.png"]))
+            except DiskFullError:  # every write after this one would fail too
+                raise
+            except Exception as exc:  # pictures are a convenience: never lose the run for them
+                self.console.print(f"[yellow]samples.png not written: {escape(f'{type(exc).__name__}: {exc}')}"
+                                   "[/yellow]")
             with progress:
                 for name in self.order:
                     self._run_stage(name, record, result, progress)

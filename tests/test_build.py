@@ -72,7 +72,10 @@ def test_runs_killed_during_the_first_build_leave_nothing_that_blocks_the_next(t
     out = tmp_path / "out"
     for sig in (signal.SIGKILL, signal.SIGINT):
         killed_builds = set(cache.glob("gandid_fused_*/tmp-*"))  # the SIGKILLed run's compiler may still run there
+        # its own process group, so that the SIGKILL takes ninja and the compilers with it, as a closed
+        # terminal would (an orphaned compiler would only slow the next build)
         proc = subprocess.Popen(tiny_run(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 180
         while not [p for p in cache.glob("gandid_fused_*/tmp-*/build.ninja") if p.parent not in killed_builds] \
@@ -81,7 +84,10 @@ def test_runs_killed_during_the_first_build_leave_nothing_that_blocks_the_next(t
             time.sleep(0.1)
         time.sleep(1.5)  # the compiler is running
         assert proc.poll() is None, "the build ended before the test could stop it"
-        proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)  # to gandid alone: it must stop the build itself
         _, stderr = proc.communicate(timeout=120)
         said = " ".join(stderr.split())
         if sig == signal.SIGINT:
@@ -131,7 +137,7 @@ def test_a_living_builder_is_named_and_waited_for_within_a_bound(fresh_build, fa
 def test_a_run_that_cannot_get_the_op_says_so_or_stops(fresh_build, monkeypatch, registry, tmp_path):
     """The fallback to the reference is in run.json's notes and the report, with why; --require-fused
     refuses to run on it, before any work."""
-    holder = hold_build_lock(fresh_build / build.build_name(False, build.FLAGS))
+    holder = hold_build_lock(fresh_build / build.build_name(build._with_cuda(), build.FLAGS))
     monkeypatch.setenv("GANDID_BUILD_WAIT", "0.5")
     try:
         config = dict(generator="tiny", segmenter="tiny", analysis=["count"], samples=4, batch_size=4, device="cpu")

@@ -268,7 +268,7 @@ def test_a_read_only_destination_is_named_before_anything_loads(tmp_path, monkey
     with pytest.raises(ConfigError) as caught:
         convert(tmp_path / "w.pt", folder / "g.safetensors", generator="recording", registry=reg)
     message = str(caught.value)
-    assert f"folder {str(folder)!r}" in message and "read-only filesystem" in message, message
+    assert f"folder {str(folder)!r}" in message and "the filesystem is read-only" in message, message
     assert "choose an OUT in a folder you can write to" in message
     assert built == [] and not list(folder.iterdir())
     monkeypatch.undo()

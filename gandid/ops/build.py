@@ -152,6 +152,7 @@ def cached_extension(name: str, sources: list, *, announce: str | None = None, v
     global _cache_note
     library = library_path(name)
     why = "once for this machine (half a minute to a minute)"
+    failed = None  # (inode, mtime) of a cached library that did not import
     if rebuild:
         why = "again, as asked"
     elif library.exists():
@@ -159,7 +160,7 @@ def cached_extension(name: str, sources: list, *, announce: str | None = None, v
             return _import_library(name, library)
         except (ImportError, OSError) as exc:
             why = f"again: the cached library {library} did not load ({type(exc).__name__}: {exc})"
-            rebuild = True
+            failed = _identity(library)
     folder = library.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -172,13 +173,13 @@ def cached_extension(name: str, sources: list, *, announce: str | None = None, v
         with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
             return _compile(name, sources, Path(scratch), announce, why, verbose, build_kwargs, cached_in=None)
     if holder is not None:
-        raise BuildWaitTimeout(f"waited {wait_limit_s():.0f} s for {describe_holder(holder)} to finish building "
+        raise BuildWaitTimeout(f"waited {wait_limit_s():g} s for {describe_holder(holder)} to finish building "
                                f"{name} in {folder}; it is still running. Wait for it, stop it, or set "
                                "GANDID_BUILD_WAIT=SECONDS to wait longer")
     try:
-        if rebuild:
-            library.unlink(missing_ok=True)
-        elif library.exists():  # built by the process we waited for
+        # A library that appeared (or was replaced) while we waited was built by that process: use it. The
+        # old one stays in place until the new one replaces it (os.replace), so a failed rebuild loses nothing.
+        if not rebuild and library.exists() and _identity(library) != failed:
             return _import_library(name, library)
         for stale in folder.glob("tmp-*"):  # builds killed midway (we hold the lock: nobody else builds)
             shutil.rmtree(stale, ignore_errors=True)
@@ -191,11 +192,19 @@ def cached_extension(name: str, sources: list, *, announce: str | None = None, v
         lock.release()
 
 
+def _identity(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def _say_waiting(holder: dict, folder: Path) -> None:
     from rich.console import Console
 
     Console(stderr=True).print(f"waiting for {describe_holder(holder)}, which is building the fused op in {folder} "
-                               f"(giving up after {wait_limit_s():.0f} s; GANDID_BUILD_WAIT sets the bound)", soft_wrap=True)
+                               f"(giving up after {wait_limit_s():g} s; GANDID_BUILD_WAIT sets the bound)", soft_wrap=True)
 
 
 def _compile(name: str, sources: list, scratch: Path, announce: str | None, why: str, verbose: bool,
@@ -206,7 +215,6 @@ def _compile(name: str, sources: list, scratch: Path, announce: str | None, why:
     import torch.utils.cpp_extension as cpp_extension
 
     global built_here, _cache_note
-    built_here = True
     # torch numbers repeated builds of one name in one process (name_v1, ...), which would change the
     # module's init symbol: every build here is the first of its name.
     getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", {}).pop(name, None)
@@ -226,6 +234,7 @@ def _compile(name: str, sources: list, scratch: Path, announce: str | None, why:
     else:
         with _this_environments_ninja():
             module = cpp_extension.load(**kwargs)
+    built_here = True
     if cached_in is not None:
         try:
             os.replace(scratch / f"{name}.so", cached_in)  # the loaded mapping stays valid; later runs import the cached file

@@ -157,12 +157,19 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
             raise NotFound(f"no static file {name!r}")
         return FileResponse(STATIC / name, headers=HEADERS)
 
+    async def refreshed():
+        """Re-read a changed run.json off the event loop: a reload that rebuilds the models reads weights and
+        waits for a model call in progress, and must not stall every other request meanwhile."""
+        await anyio.to_thread.run_sync(explorer.refresh)
+
     async def run_info(request):
+        await refreshed()
         info = explorer.info()
         info["limits"]["queue"] = queue
         return JSONResponse(info)
 
     async def result(request):
+        await refreshed()
         return JSONResponse(explorer.result(request.path_params["analysis"]))
 
     async def run_file(request):
@@ -171,10 +178,11 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
             raise BadRequest(f"path {relative!r} holds a NUL character: give a file name that run.json lists")
         if relative.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", relative):
             raise BadRequest(f"path {relative!r} leaves the run folder: give a file name that run.json lists")
+        await refreshed()
         return FileResponse(explorer.file(relative), headers=HEADERS)
 
     async def on_model(request, fn, *args):
-        explorer.refresh()  # a run still writing: its seed and DID sites as run.json says now
+        await refreshed()  # a run still writing: its seed and DID sites as run.json says now
         answer = await models.run(request, fn, *args)
         return Response(status_code=499) if answer is None else JSONResponse(answer)
 
