@@ -27,16 +27,8 @@ import stylegan_files
 
 
 @pytest.fixture(scope="module")
-def registry():
-    import gandid_plugins.pggan
-    import gandid_plugins.stylegan
-    import gandid_plugins.stylegan2
-    import gandid_plugins.stylegan2_ada
-
-    reg = Registry(load_entry_points=False)
-    for mod in (gandid_plugins.pggan, gandid_plugins.stylegan, gandid_plugins.stylegan2, gandid_plugins.stylegan2_ada):
-        reg.add_plugin(mod, mod.__name__)
-    return reg
+def registry(checkpoint_generators):
+    return checkpoint_generators
 
 
 def write(tmp_path, fmt):

@@ -12,7 +12,6 @@ import torch
 from gandid.checkpoints import TruncatedFileError, load_state_dict_file
 from gandid.errors import CheckpointError
 from gandid.formats import detect_generator
-from gandid.registry import Registry
 
 import nvlabs_files
 import stylegan_files
@@ -51,16 +50,8 @@ FORMATS = ["legacy-p2", "legacy-p4", "zip-p2", "zip-p4", "pickle-p4", "safetenso
 
 
 @pytest.fixture(scope="module")
-def registry():
-    import gandid_plugins.pggan
-    import gandid_plugins.stylegan
-    import gandid_plugins.stylegan2
-    import gandid_plugins.stylegan2_ada
-
-    reg = Registry(load_entry_points=False)
-    for mod in (gandid_plugins.pggan, gandid_plugins.stylegan, gandid_plugins.stylegan2, gandid_plugins.stylegan2_ada):
-        reg.add_plugin(mod, mod.__name__)
-    return reg
+def registry(checkpoint_generators):
+    return checkpoint_generators
 
 
 def check_truncated(message, path, size):
