@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from test_bench_engine import random_generator as random_pggan  # noqa: E402  (random-weight PG-GAN)
+
 from gandid.segmentation import class_fractions  # noqa: E402
 from gandid.testing import run_analysis  # noqa: E402
-from gandid_plugins.ace import ACE, rank_correlation  # noqa: E402
-from test_bench_engine import random_generator as random_pggan  # noqa: E402  (random-weight PG-GAN)
+from gandid_plugins.analyses.ace import ACE, rank_correlation  # noqa: E402
 
 
 class ColourSegmenter:
@@ -62,8 +63,8 @@ class ColourSegmenter:
 def case(name):
     """(generator, segmenter, layer, ace options, latents) for one case."""
     if name == "toyroom":
-        import gandid_plugins.toyroom as toyroom
-        from gandid_plugins.toyroom.segmenter import ToyroomSegmenter
+        import gandid_plugins.worlds.toyroom as toyroom
+        from gandid_plugins.worlds.toyroom.segmenter import ToyroomSegmenter
 
         gen = toyroom.toyroom_generator()
         options = dict(toyroom.DEFAULT_RUN_OPTIONS["ace"])

@@ -31,9 +31,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ace_screen import ColourSegmenter, random_pggan  # noqa: E402
+
 from gandid.hooks import Trace  # noqa: E402
 from gandid.testing import run_analysis  # noqa: E402
-from gandid_plugins.dissect import Dissect  # noqa: E402
+from gandid_plugins.analyses.dissect import Dissect  # noqa: E402
 
 LAYER, QUANTILE, BATCH, TOP = "layer4", 0.99, 16, 8
 UNIT_CHUNK = 512 // 8  # units per upsampled block in the batched peer (gandid's dissect uses 64 too)

@@ -100,9 +100,9 @@ def bench_shapes(repeats):
 
 def did_share(did_repeats):
     import stylegan_files
-    from gandid_plugins.stylegan import stylegan
 
     from gandid.intervene import Intervention, counterfactuals
+    from gandid_plugins.generators.stylegan import stylegan
 
     state = stylegan_files.make_state_dict(channels=(512, 512, 512, 512, 256, 128, 64),
                                            fused=(False, False, False, False, True, True, True),

@@ -33,9 +33,9 @@ from segmenter_files import images, write_semseg_folder, write_upp_folder  # noq
 from test_bench_engine import GENERATORS, random_generator  # noqa: E402
 
 from gandid.testing import run_analysis  # noqa: E402
-from gandid_plugins.dissect import Dissect  # noqa: E402
-from gandid_plugins.semseg import semseg  # noqa: E402
-from gandid_plugins.upp import upp  # noqa: E402
+from gandid_plugins.analyses.dissect import Dissect  # noqa: E402
+from gandid_plugins.segmenters.semseg import semseg  # noqa: E402
+from gandid_plugins.segmenters.upp import upp  # noqa: E402
 
 SEMSEG = [("resnet18dilated", "ppm_deepsup"), ("resnet50dilated", "ppm_deepsup"),
           ("resnet101dilated", "ppm_deepsup"), ("resnet50", "upernet"), ("resnet101", "upernet"), ("hrnetv2", "c1")]
@@ -70,7 +70,7 @@ def segmenters(root: Path, only: str = ""):
         yield f"semseg {encoder}-{decoder}", lambda folder=folder: semseg(weights=str(folder))
     hf = segformer_b0(root / "segformer-b0") if only in "transformers SegFormer-B0, size 256" else None
     if hf is not None:
-        from gandid_plugins.hf_segmenter import HFSegmenter
+        from gandid_plugins.segmenters.hf_segmenter import HFSegmenter
 
         yield "transformers SegFormer-B0, size 256", lambda: HFSegmenter(weights=str(hf), size=256)
 

@@ -46,9 +46,10 @@ def summary(seconds: list[float]) -> str:
 
 
 def main(argv=None) -> None:
+    from gt_run import serving
+
     from gandid.intervene import Intervention, counterfactuals, variants
     from gandid.serve.app import create_app
-    from gt_run import serving
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")

@@ -32,11 +32,12 @@ def models(folder: Path):
     import pix2pix_files
     import stylegan2_files
     import stylegan_files
-    from gandid_plugins.pggan import PGGANGenerator
-    from gandid_plugins.pix2pix import pix2pix
-    from gandid_plugins.stylegan import stylegan
-    from gandid_plugins.stylegan2 import StyleGAN2Generator
-    from gandid_plugins.stylegan2_ada import stylegan2_ada
+
+    from gandid_plugins.generators.pggan import PGGANGenerator
+    from gandid_plugins.generators.pix2pix import pix2pix
+    from gandid_plugins.generators.stylegan import stylegan
+    from gandid_plugins.generators.stylegan2 import StyleGAN2Generator
+    from gandid_plugins.generators.stylegan2_ada import stylegan2_ada
 
     yield "pggan", "pixel norm", PGGANGenerator.from_state_dict(pggan_files.make_state_dict(64, z_dim=64, depth=64))
     torch.save(stylegan_files.make_state_dict(channels=(32, 32, 32, 16, 16), style_dim=32), folder / "v1.pt")

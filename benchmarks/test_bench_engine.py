@@ -21,9 +21,18 @@ import torch
 
 from gandid.engine import _norm_fn
 from gandid.hooks import features_at, norm_overrides
-from gandid.intervene import (DEFAULT_MEMORY_BUDGET, BufferPool, Intervention, counterfactuals, counterfactuals_naive,
-                              generator_output_shape, per_unit, preferred_layout, rows_per_chunk)
-from gandid_plugins.pggan import PGGANGenerator
+from gandid.intervene import (
+    DEFAULT_MEMORY_BUDGET,
+    BufferPool,
+    Intervention,
+    counterfactuals,
+    counterfactuals_naive,
+    generator_output_shape,
+    per_unit,
+    preferred_layout,
+    rows_per_chunk,
+)
+from gandid_plugins.generators.pggan import PGGANGenerator
 
 QUICK = os.environ.get("GANDID_BENCH_QUICK") == "1"
 # The real 256 px layout (conference room) and the toyroom size (64 px, narrower), random weights.

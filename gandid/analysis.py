@@ -6,7 +6,6 @@ samples into mergeable statistics with ``ctx.tally`` (or ``ctx.batches`` and its
 """
 from __future__ import annotations
 
-import json
 import time
 import typing
 from dataclasses import dataclass, field

@@ -15,7 +15,6 @@ import torch
 
 from .errors import CheckpointError
 
-
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
 _PICKLE_PROTO = 0x80  # legacy torch.save files and plain pickles start with the PROTO opcode
 _LEGACY_PICKLES = 5  # a legacy torch.save: magic number, protocol version, sys info, the object, storage keys

@@ -5,8 +5,15 @@ engines in :mod:`gandid.engine`, the memory policy and buffer pool in :mod:`gand
 and norm-site hooks in :mod:`gandid.hooks`.
 """
 from .buffers import CACHE_FRIENDLY_BYTES, DEFAULT_MEMORY_BUDGET, BufferPool, preferred_layout, rows_per_chunk
-from .engine import (counterfactuals, counterfactuals_naive, generator_output_shape, per_unit, run_with_betas,
-                     units_per_chunk, variants)
+from .engine import (
+                     counterfactuals,
+                     counterfactuals_naive,
+                     generator_output_shape,
+                     per_unit,
+                     run_with_betas,
+                     units_per_chunk,
+                     variants,
+)
 from .hooks import norm_site_reading
 from .interventions import ARM_TITLES, CONTROLLABLE, Arms, BetaControl, Intervention, not_controllable_reason
 

@@ -11,16 +11,31 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from . import __version__, outdir
 from .analysis import Analysis, AnalysisResult, RunContext, load_state_file
 from .config import RunConfig, check_options, option_names
 from .contracts import check_contract
-from .distributed import (EXCHANGE_DIR, Collective, Shard, ShardStop, from_environment, launched_by_torchrun,
-                          process_device, split_threads)
+from .distributed import (
+    EXCHANGE_DIR,
+    Collective,
+    Shard,
+    ShardStop,
+    from_environment,
+    launched_by_torchrun,
+    process_device,
+    split_threads,
+)
 from .errors import ConfigError, DiskFullError, FusedOpUnavailable, GandidError, OutputExistsError, UnknownNameError
 from .model import Generator, Segmenter, find_layer
 from .registry import Registry, get_registry

@@ -56,13 +56,13 @@ def installed_plugins(tmp_path_factory):
 def checkpoint_generators():
     """A registry of the generator plugins that read published checkpoint files (PG-GAN, StyleGAN v1/v2,
     NVlabs StyleGAN2-ADA), without entry points."""
-    import gandid_plugins.pggan
-    import gandid_plugins.stylegan
-    import gandid_plugins.stylegan2
-    import gandid_plugins.stylegan2_ada
+    import gandid_plugins.generators.pggan
+    import gandid_plugins.generators.stylegan
+    import gandid_plugins.generators.stylegan2
+    import gandid_plugins.generators.stylegan2_ada
     from gandid.registry import Registry
 
     reg = Registry(load_entry_points=False)
-    for mod in (gandid_plugins.pggan, gandid_plugins.stylegan, gandid_plugins.stylegan2, gandid_plugins.stylegan2_ada):
+    for mod in (gandid_plugins.generators.pggan, gandid_plugins.generators.stylegan, gandid_plugins.generators.stylegan2, gandid_plugins.generators.stylegan2_ada):
         reg.add_plugin(mod, mod.__name__)
     return reg

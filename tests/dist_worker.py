@@ -11,6 +11,8 @@ import signal
 import sys
 import types
 
+from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
+
 import gandid.analysis
 import gandid.buffers
 from gandid import hookimpl
@@ -18,7 +20,6 @@ from gandid.config import RunConfig
 from gandid.interrupts import sigterm_interrupts
 from gandid.registry import Registry
 from gandid.runner import run
-from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
 
 # Small engine chunks (3 units of 24 latents): ace's per-unit passes then have several chunks to split.
 gandid.buffers.CACHE_FRIENDLY_BYTES = 4 * 13 * 64 * 24 * 3

@@ -6,19 +6,20 @@ import threading
 import time
 import types
 
+from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
+
 from gandid import hookimpl
 from gandid.config import RunConfig
 from gandid.registry import Registry
 from gandid.runner import run
-from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
 
 
 def ground_truth_registry(segmenter: str = "gt", description: str = "") -> Registry:
     """The ground-truth generator ("gt") and segmenter (``segmenter``), and the four analyses."""
-    import gandid_plugins.ace
-    import gandid_plugins.did
-    import gandid_plugins.dissect
-    import gandid_plugins.entangle
+    import gandid_plugins.analyses.ace
+    import gandid_plugins.analyses.did
+    import gandid_plugins.analyses.dissect
+    import gandid_plugins.analyses.entangle
 
     module = types.ModuleType("gt")
     module.gandid_register_generators = hookimpl(lambda register: register("gt", GroundTruthGenerator))
@@ -26,7 +27,7 @@ def ground_truth_registry(segmenter: str = "gt", description: str = "") -> Regis
         lambda register: register(segmenter, GroundTruthSegmenter, description=description))
     reg = Registry(load_entry_points=False)
     reg.add_plugin(module, "gt")
-    for mod in (gandid_plugins.dissect, gandid_plugins.ace, gandid_plugins.did, gandid_plugins.entangle):
+    for mod in (gandid_plugins.analyses.dissect, gandid_plugins.analyses.ace, gandid_plugins.analyses.did, gandid_plugins.analyses.entangle):
         reg.add_plugin(mod, mod.__name__)
     return reg
 

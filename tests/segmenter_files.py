@@ -1,7 +1,7 @@
 """Random-weight CSAIL scene-parsing checkpoints in the published layouts (key names and the published
 shapes divided by a width divisor), and straightforward float64 re-implementations of their forward
 passes, written from the upstream code (netdissect/upsegmodel, mit_semseg/models) independently of
-gandid_plugins.segnets: unfused batch norms, PrRoIPool by numerical integration, the dilation rewrite
+gandid_plugins.segmenters.segnets: unfused batch norms, PrRoIPool by numerical integration, the dilation rewrite
 applied literally, the UPerNet PPM in its upstream order, connected components by flood fill."""
 import json
 import math

@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from . import build
-from .reference import intervene
 from .groups import row_groups
+from .reference import intervene
 
 
 def _ext():

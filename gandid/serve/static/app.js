@@ -8,7 +8,7 @@ const VIEWS = ["units", "paint", "classes"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MIN_CHANGE = 0.0005; // area changes smaller than this (0.05 pp) are left out of the tables
 const RANDOM_SAMPLES = 100000; // "random" picks a sample index below this
-// how entangle's report names each call (plugins/entangle.py CALLS)
+// how entangle's report names each call (plugins/analyses/entangle.py CALLS)
 const CALLS = {
   disentangled: "disentangled",
   type2_misablation: "type 2: mis-ablation",

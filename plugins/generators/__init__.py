@@ -1,0 +1,1 @@
+"""Generators: each module reads one family's weights and wires its layers and norm sites."""

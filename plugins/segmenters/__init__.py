@@ -1,0 +1,1 @@
+"""Segmenters: each module labels generated images with one family of segmentation models."""

@@ -1,0 +1,1 @@
+"""Worlds: a generator and a segmenter trained together on a procedural world (the default run's)."""
