@@ -21,7 +21,7 @@ from gandid.intervene import BetaControl, Intervention, counterfactuals, counter
 from gandid.model import Generator
 from gandid.testing import registry_with
 from gandid_plugins.generators import stylegan2_ada as plugin
-from gandid_plugins.generators.nvlabs_pickle import ALLOW_LIST, load_nvlabs_pickle
+from gandid_plugins.generators.stylegan2_ada.nvlabs_pickle import ALLOW_LIST, load_nvlabs_pickle
 
 FAKE = set(nf._FAKE_MODULES)
 
