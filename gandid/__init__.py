@@ -3,9 +3,8 @@
 The core knows no concrete model: generators, segmenters and analyses are plugins
 registered through the ``gandid`` entry-point group (see :mod:`gandid.hookspecs`).
 """
-__version__ = "0.1.0"
-
-from .hookspecs import hookimpl, hookspec  # noqa: E402
+from .hookspecs import hookimpl, hookspec
+from .version import __version__
 
 __all__ = ["__version__", "hookimpl", "hookspec", "run", "load_generator", "load_segmenter", "load_analysis"]
 

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, faults
+from . import faults
 from .contracts import check_contract
 from .errors import ConfigError, DiskFullError, GandidError, OutputExistsError
 from .formats import METADATA_KEY, detect_generator
 from .model import Generator
 from .outdir import FULL, WHY_NOT_WRITTEN
 from .registry import get_registry
+from .version import __version__
 
 CHECK_LATENTS = 4  # latents whose images the converted file must reproduce
 

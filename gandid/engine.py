@@ -133,7 +133,7 @@ def _repeat_rows(z: torch.Tensor, repeats: int) -> torch.Tensor:
 def counterfactuals(generator: Generator, z: torch.Tensor, intervention, beta_control: BetaControl | None = None,
                     *, memory_budget: int = DEFAULT_MEMORY_BUDGET, pool: BufferPool | None = None,
                     backend: str | None = None, channels_last: bool | None = None) -> Arms:
-    """The four DID arms of ARCHITECTURE §4 from one pass per chunk of latents.
+    """The four DID arms (docs/normalisation.md) from one pass per chunk of latents.
 
     Rows are laid out as four blocks of the N latents: arm 1 Y(β,u), arm 2 Y(β',u'), arm 3 Y(β,u')
     (borrows arm 1's β at the controlled sites), arm 4 Y(β',u) (borrows arm 2's). The prefix up to the

@@ -1,7 +1,7 @@
 """What an intervention is: units of one layer ablated or inserted (:class:`Intervention`), which norm
 sites have their coefficients controlled in a DID (:class:`BetaControl`), and the four DID arms (:class:`Arms`).
 
-Notation (ARCHITECTURE §4): units U of a layer, a feature-map region with mask m, strength α per
+Notation (as in docs/normalisation.md): units U of a layer, a feature-map region with mask m, strength α per
 unit, insertion values k. Ablation: ``r' = (1 - α m) r``; insertion: ``r' = (1 - α m) r + α m k``; the
 formula itself is :func:`gandid.ops.reference.intervene`, the one written outside the kernels.
 """

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import hookimpl
 from .analysis import AnalysisResult, RunContext
 from .config import RunConfig
+from .hookspecs import hookimpl
 from .model import LayerInfo, NormSite, PixelNorm, normal_rows
 from .registry import Registry
 

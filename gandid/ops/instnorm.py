@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import build
+from .backends import choose_backend
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 BACKENDS = ("reference", "ext")
@@ -94,12 +95,6 @@ def _check(x, eps, stats_in, stats_src, out):
     return x, stats_src
 
 
-def _choose_backend(device) -> str:
-    from . import choose_backend
-
-    return choose_backend(device)
-
-
 def instance_norm(x, eps=1e-5, *, stats_in=None, stats_src=None, normalize=True, return_stats=True, out=None,
                   backend=None):
     """Instance normalisation with own, borrowed or given statistics. Returns ``(y, stats)``.
@@ -121,7 +116,7 @@ def instance_norm(x, eps=1e-5, *, stats_in=None, stats_src=None, normalize=True,
     x, stats_src = _check(x, eps, stats_in, stats_src, out)
     if not normalize and not return_stats:
         raise ValueError("instance_norm: normalize=False and return_stats=False ask for nothing")
-    backend = backend or _choose_backend(x.device)
+    backend = backend or choose_backend(x.device)
     if backend not in BACKENDS:
         raise ValueError(f"instance_norm: unknown backend {backend!r} (use one of {BACKENDS})")
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (stats_in is not None and stats_in.requires_grad))
