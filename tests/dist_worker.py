@@ -46,7 +46,7 @@ def registry() -> Registry:
     reg = Registry(load_entry_points=False)
     reg.add_plugin(module, "ground-truth")
     for name in ("dissect", "ace", "did", "entangle"):
-        mod = __import__(f"gandid_plugins.{name}", fromlist=["x"])
+        mod = __import__(f"gandid_plugins.analyses.{name}", fromlist=["x"])
         reg.add_plugin(mod, name)
     return reg
 

@@ -93,7 +93,7 @@ def test_the_screen_widens_when_the_exact_top_k_sits_at_its_edge(tmp_path, monke
         return est
 
     exhaustive = gt_ace(tmp_path / "all", classes=["red", "yellow"], top_k=1, screen=False)["classes"]
-    monkeypatch.setattr(ace_module, "screen_estimates", misplaced)
+    monkeypatch.setattr(ace_module.compute, "screen_estimates", misplaced)  # where ACE.run looks it up
     result = gt_ace(tmp_path / "screened", classes=["red", "yellow"], top_k=1, screen_candidates=4,
                     screen_min_correlation=-1)["classes"]  # no fallback: this made-up screen ranks poorly
     red = result["red"]

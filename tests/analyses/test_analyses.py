@@ -31,7 +31,7 @@ def gt_registry():
     reg.add_plugin(module, "ground-truth")
     for name in ("dissect", "ace", "did", "entangle"):
         try:
-            mod = __import__(f"gandid_plugins.{name}", fromlist=["x"])
+            mod = __import__(f"gandid_plugins.analyses.{name}", fromlist=["x"])
         except ImportError:
             continue
         reg.add_plugin(mod, name)
@@ -128,7 +128,7 @@ def ace_result(tmp_path_factory, request):
     extra = {}
     for name in ("did", "entangle"):
         try:
-            mod = __import__(f"gandid_plugins.{name}", fromlist=["x"])
+            mod = __import__(f"gandid_plugins.analyses.{name}", fromlist=["x"])
             reg.add_plugin(mod, name)
             extra[name] = {}
         except ImportError:

@@ -16,13 +16,9 @@ reported top-k ranking is exact within the measured units; ``screen = false`` me
 """
 from __future__ import annotations
 
-from typing import TypedDict
-
 import torch
 import torch.nn.functional as F
 
-from gandid import hookimpl
-from gandid.analysis import read_result
 from gandid.errors import ConfigError
 from gandid.hooks import features_at, norm_overrides, norm_site_reading
 from gandid.intervene import Intervention, per_unit, units_per_chunk, variants
@@ -32,55 +28,11 @@ from gandid.ops.reference import intervene
 from gandid.segmentation import class_fractions, label_planes, presence
 from gandid.stats import Histogram, Sum
 
+from . import report
+from .estimates import ace_uncertainty, rank_correlation, screen_estimates
+from .results import RESULT_VERSION
+
 NOT_OBJECTS = ("unlabelled", "unlabeled", "background")  # never chosen as ACE classes by default
-RESULT_VERSION = 3  # 2: standard errors, intervals and top-k stability; 3: screening, decisive units
-
-
-class AceClassResult(TypedDict):
-    """One class's ACE. Effects are changes in the fraction of image pixels of the class. Per-unit lists
-    hold None for units the screen did not send to the exact counterfactuals (see :func:`best_unit_ace`)."""
-
-    unit_ace: list[float | None]  # (U,) per-unit ACE: E[s_c(inserted)] - E[s_c(ablated)], exact
-    unit_ace_se: list[float | None]  # (U,) its standard error over latents (paired)
-    unit_ace_ci95: list[list[float] | None]  # (U, 2) t interval
-    unit_ace_estimate: list[float] | None  # (U,) the screen's first-order estimate (class-score units), or None
-    screen: dict  # {"enabled", "measured", "units", "exhaustive", "initial", "widened_to", "edge_rank", "edge",
-    #                "fallback" (why every unit was measured, or None), "spearman", "fit"}
-    decisive_units: list[dict]  # [{"unit", "removed_fraction"}]: one ablation removes >= DECISIVE of the class
-    topk_stability: dict[str, float]  # top-k unit -> share of latent resamples keeping it in the top k
-    rank_beats_next: list[float]  # rank r of the top k: share of resamples where it beats rank r + 1
-    rank_distinguishable: list[bool]  # rank_beats_next >= 0.95
-    ranking: list[int]  # units by ACE, largest first
-    insert_value: list[float]  # (U,) each unit's insertion value k_u
-    curve_k: list[int]  # k of the top-k curves (0 first)
-    topk_removed_fraction: list[float]  # share of the class removed by ablating the top k
-    topk_ace: list[float]  # ACE of the top-k set, per k after 0
-    base_area: float  # the class's mean area without intervention
-    context_gain: dict  # {context class: {"mean_gain", "count"}}: insertion at one pixel, by what was there
-    alpha_opt: dict  # GAN Dissection's continuous alpha: {"alpha", "delta_history", "final_delta", ...}
-
-
-class AceResult(TypedDict):
-    """``ace.json``, as did and entangle read it (:func:`read_ace_result`)."""
-
-    version: int
-    layer: str
-    samples: int
-    class_area: dict[str, float]  # mean fraction of image pixels per class
-    classes: dict[str, AceClassResult]
-
-
-def read_ace_result(data: dict) -> AceResult:
-    """``ace``'s result checked for the version and keys this module writes."""
-    return read_result(data, "ace", RESULT_VERSION, AceResult)
-
-
-def best_unit_ace(entry: AceClassResult) -> list[float]:
-    """(U,) each unit's ACE: the exact value where it was measured, else the screen's estimate mapped onto
-    the exact scale by the straight line fitted over the measured units (``screen["fit"]``)."""
-    fit = entry.get("screen", {}).get("fit") or {"intercept": 0.0, "slope": 0.0}
-    estimate = entry.get("unit_ace_estimate") or [0.0] * len(entry["unit_ace"])
-    return [a if a is not None else fit["intercept"] + fit["slope"] * e for a, e in zip(entry["unit_ace"], estimate)]
 
 
 def check_class_names(analysis: str, names, segmenter, what: str = "classes") -> None:
@@ -93,57 +45,6 @@ def check_class_names(analysis: str, names, segmenter, what: str = "classes") ->
             from gandid.errors import UnknownNameError
 
             raise UnknownNameError(f"class in {analysis}'s {what}", name, labels)
-
-
-def ace_uncertainty(effects: torch.Tensor, top: list[int], seed: int, resamples: int = 1000) -> dict:
-    """Uncertainty of per-unit ACE from its per-latent effects (U, N) (inserted minus ablated class
-    fraction for the same latent): standard errors and t intervals (95%), and, resampling the latents
-    (bootstrap), how often each of the ``top`` units stays in the top len(top) and how often each rank
-    beats the next one (a rank is *distinguishable* when that happens in at least 95% of resamples)."""
-    from scipy.stats import t as student_t
-
-    units, n = effects.shape
-    mean = effects.mean(1)
-    se = effects.std(1) / n ** 0.5 if n > 1 else torch.full_like(mean, float("nan"))
-    half = float(student_t.ppf(0.975, n - 1)) * se if n > 1 else se
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(n, (resamples, n), generator=g).to(effects.device)
-    boot = effects[:, idx].mean(2)  # (U, resamples)
-    k = len(top)
-    in_top = torch.zeros(units, dtype=torch.float64, device=effects.device)
-    if k:
-        in_top.scatter_add_(0, boot.topk(k, dim=0).indices.flatten(),
-                            torch.ones(k * resamples, dtype=torch.float64, device=effects.device))
-    beats = [float((boot[a] > boot[b]).double().mean()) for a, b in zip(top, top[1:])]
-    return {"unit_ace_se": se.tolist(), "unit_ace_ci95": torch.stack([mean - half, mean + half], 1).tolist(),
-            "topk_stability": {str(u): float(in_top[u]) / resamples for u in top},
-            "rank_beats_next": beats, "rank_distinguishable": [b >= 0.95 for b in beats]}
-
-
-def screen_estimates(gen, seg, z: torch.Tensor, layer: str, values: torch.Tensor, classes: list[int],
-                     batch: int) -> torch.Tensor:
-    """First-order ACE of every unit on each class, (len(classes), U) float64: k_u(c) times the gradient of
-    the segmenter's class score s_c summed over the unit's pixels, averaged over the latents z. One forward
-    and one backward per class and latent batch (the forward is shared by the classes)."""
-    with torch.no_grad():
-        feats = features_at(gen, z, layer)
-    grad_sum = torch.zeros(len(classes), feats.shape[1], dtype=torch.float64, device=feats.device)
-    for lo in range(0, len(z), batch):
-        f = feats[lo:lo + batch].detach().requires_grad_(True)
-        images = gen.forward_from(layer, f, z[lo:lo + batch])
-        for i, c in enumerate(classes):
-            score = seg.class_scores(images, c).sum()
-            (grad,) = torch.autograd.grad(score, f, retain_graph=i < len(classes) - 1)
-            grad_sum[i] += grad.double().sum((0, 2, 3))
-    return grad_sum / len(z) * values[:, classes].T.double().to(grad_sum.device)
-
-
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation of two (n,) tensors (ties broken by position; nan for n < 3)."""
-    if len(a) < 3:
-        return float("nan")
-    ra, rb = (t.argsort().argsort().double() for t in (a, b))
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
 def block_fractions(seg, images: torch.Tensor, classes: int) -> torch.Tensor:
@@ -338,7 +239,7 @@ class ACE:
         for c in chosen:  # after every class: among all the ablations measured, whichever class asked for them
             result["classes"][labels[c]]["decisive_units"] = self.decisive(state, ablated, c, float(base[:, c].mean()))
         if ctx.is_writer:  # pictures: only the process that writes the output folder draws them
-            self.plot(ctx, result)
+            report.plot(ctx, result)
         return result
 
     def screened(self, ctx, z, layer, values, c, order, first, labels, estimate=None):
@@ -538,132 +439,9 @@ class ACE:
                 "units_above_half": torch.nonzero(a > 0.5).flatten().tolist(), "steps": self.alpha_steps,
                 "lr": self.alpha_lr, "lambda": self.alpha_lambda}
 
-    def plot(self, ctx, result):
-        from gandid.plotting import pyplot
-
-        plt = pyplot()
-
-        for name, entry in result["classes"].items():
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-            best = best_unit_ace(entry)  # exact where measured, else the screen's calibrated estimate
-            ranked = sorted(range(len(best)), key=lambda u: -best[u])
-            exact = [entry["unit_ace"][u] is not None for u in ranked]
-            colours = ["#4c72b0" if e else "#c7c7c7" for e in exact]
-            ax1.bar(range(len(ranked)), [100 * best[u] for u in ranked], width=1.0, color=colours)
-            ax1.axhline(0, color="black", lw=0.5)
-            screened = "" if all(exact) else f"\nblue: {sum(exact)} measured exactly; grey: estimated by the screen"
-            ax1.set_title(f"ACE of each unit on {name}{screened}", fontsize=9)
-            ax1.set(xlabel="unit rank", ylabel="ACE (pp of image pixels)")
-            removed = [100 * r for r in entry["topk_removed_fraction"]]
-            ax2.plot(entry["curve_k"], removed, "o-", color="#c44e52")
-            ax2.set_title(f"ablating the top-k units: {name} removed", fontsize=9)
-            ax2.set(xlabel="k",
-                    ylabel=f"% of {name} removed", ylim=(min(-5, min(removed)), 105))
-            fig.tight_layout()
-            fig.savefig(ctx.path(f"ace_{name}.png"), dpi=100)
-            plt.close(fig)
-
-    REMOVES = 0.5  # the findings say ablation removes a class when the top-k units take at least this much of it
-
+    # -- report.html (drawn by .report; the core calls these) -----------------------------------
     def report_findings(self, result):
-        from gandid.report import Finding, anchor, esc, interval, link, pct, pp
-
-        classes = result["classes"]
-        if not classes:
-            return ["No class was large enough to measure (see <code>min_area</code>)."]
-        ks = {e["curve_k"][-1] for e in classes.values()}
-        k = f"{ks.pop()} " if len(ks) == 1 else ""
-        order = sorted(classes.items(), key=lambda kv: -kv[1]["topk_removed_fraction"][-1])
-
-        def item(name, e):
-            removed = e["topk_removed_fraction"][-1]
-            grows = " (it grows)" if removed < 0 and pct(removed) != "0%" else ""
-            return f"{link(anchor('ace', name), name)} {esc(pct(removed))}{grows}"
-
-        removed = [item(n, e) for n, e in order if e["topk_removed_fraction"][-1] >= self.REMOVES]
-        kept = [item(n, e) for n, e in order if e["topk_removed_fraction"][-1] < self.REMOVES]
-        found = []
-        lead = f"Ablating each class's top {k}units (by ACE, layer <code>{esc(result['layer'])}</code>)"
-        if removed:
-            found.append(f"{lead} removes most of {len(removed)} of {len(classes)} classes (share of the class's "
-                         "pixels removed): " + ", ".join(removed) + ".")
-        if kept:
-            noun = "class" if len(kept) == 1 else "classes"
-            found.append(("It" if removed else lead) + f" cannot remove {len(kept)} {noun} (less than "
-                         f"{esc(pct(self.REMOVES))} removed): " + ", ".join(kept) + ".")
-        best = max(((n, u, e["unit_ace"][u]) for n, e in classes.items() for u in e["ranking"][:1]),
-                   key=lambda t: t[2], default=None)
-        if best is not None:
-            entry = classes[best[0]]
-            ci = (f" {esc(interval(*entry['unit_ace_ci95'][best[1]]))}" if "unit_ace_ci95" in entry else "")
-            found.append(Finding(f"Strongest single unit: unit {best[1]} on {esc(best[0])}, ACE "
-                                 f"<b>{esc(pp(best[2]))}</b>{ci} of image pixels (inserted minus ablated, 95% interval "
-                                 "over latents).", anchor("ace", best[0])))
-        decisive = [f"{link(anchor('ace', n), n)}: unit{'s' if len(d) > 1 else ''} "
-                    + ", ".join(f"{x['unit']} ({esc(pct(x['removed_fraction']))})" for x in d)
-                    for n, e in classes.items() for d in [e.get("decisive_units") or []] if d]
-        if decisive:
-            found.append(f"<b>Decisive units</b>, whose ablation alone removes at least {esc(pct(self.DECISIVE))} of a "
-                         "class (share removed): " + "; ".join(decisive) + ".")
-        unstable = [f"{esc(n)} (rank {beats.index(False) + 1})" for n, e in classes.items()
-                    for beats in [e.get("rank_distinguishable", [])] if False in beats]
-        if unstable:
-            found.append("Ranks that resampling the latents cannot tell from the next one (first such rank): "
-                         + ", ".join(unstable) + ".")
-        return found
+        return report.findings(result, self.DECISIVE)
 
     def report_section(self, result, out_dir):
-        from gandid.report import anchor, esc, fmt, image, interval, pct, pp, table
-
-        parts = [f"<p>Layer <code>{esc(result['layer'])}</code>, {esc(result['samples'])} latents per estimate. "
-                 "ACE is the change in the fraction of image pixels of the class between inserting and ablating "
-                 "a unit, in percentage points (pp).</p>"]
-        for name, e in result["classes"].items():
-            top = e["ranking"][:5]
-            decisive = {d["unit"]: d["removed_fraction"] for d in e.get("decisive_units") or []}
-            removed, k = e["topk_removed_fraction"][-1], e["curve_k"][-1]
-            base = e.get("base_area", result["class_area"].get(name))
-            parts.append(f"<h3 id='{esc(anchor('ace', name))}'>{esc(name)}</h3>")
-            area = f" (it covers {esc(pct(base, 1))} of the pixels)" if base is not None else ""
-            parts.append(f"<p>Ablating the top {k} units removes <b>{esc(pct(removed))}</b> of {esc(name)}{area}; "
-                         f"the alpha optimisation turned on {len(e['alpha_opt']['units_above_half'])} units "
-                         f"(final soft ACE {esc(pp(e['alpha_opt']['final_delta']))}).</p>")
-            screen = e.get("screen") or {}
-            if screen.get("enabled"):
-                widened = (f", widened from {screen['initial']} because the exact top {len(e.get('topk_stability', {}))} "
-                           "reached the screened set's edge" if screen.get("widened_to") else "")
-                if screen.get("fallback"):
-                    widened += f"; then {esc(screen['fallback'])}"
-                parts.append(f"<p class='muted'>Screened: {screen['measured']} of {screen['units']} units measured "
-                             f"exactly{widened}, the rest ranked by the first-order estimate (rank correlation of "
-                             f"estimate and exact ACE over the measured units: {fmt(screen.get('spearman'), 2)}).</p>")
-            if decisive:
-                parts.append(f"<p><b>Decisive units</b> (one ablation removes at least {esc(pct(self.DECISIVE))} of "
-                             f"{esc(name)}): " + ", ".join(f"unit {u} ({esc(pct(r))})" for u, r in decisive.items())
-                             + ".</p>")
-            stability, beats = e.get("topk_stability", {}), e.get("rank_distinguishable", [])
-            k_top = len(stability)
-            rows = [(i + 1, u, pp(e["unit_ace"][u]), interval(*e["unit_ace_ci95"][u]) if "unit_ace_ci95" in e else "n/a",
-                     pct(stability[str(u)]) if str(u) in stability else "n/a",
-                     ("yes" if beats[i] else "no") if i < len(beats) else "",
-                     f"decisive ({pct(decisive[u])})" if u in decisive else "")
-                    for i, u in enumerate(top)]
-            tables = [f"<div><p class='muted'>The top {len(top)} units: 95% interval over latents; how often the unit "
-                      f"stays in the top {k_top} when the latents are resampled; whether its rank beats the next "
-                      "one in 95% of resamples</p>"
-                      + table(["rank", "unit", "ACE", "95% interval", f"in top {k_top}", "beats next", "ablated alone"], rows)
-                      + "</div>"]
-            ctx_rows = sorted(e["context_gain"].items(), key=lambda kv: -kv[1]["mean_gain"])
-            if ctx_rows:
-                tables.append(f"<div><p class='muted'>Top units inserted at one location: mean gain of {esc(name)} "
-                              "by the class found there</p>"
-                              + table(["context class", "mean gain", "locations"],
-                                      [(c, pp(v["mean_gain"], 3), v["count"]) for c, v in ctx_rows]) + "</div>")
-            parts.append("<div class='grid'>" + "".join(tables) + "</div>")
-            parts.append(image(f"ace_{name}.png", f"ACE per unit (pp) and ablation curve, {name}"))
-        return "\n".join(parts)
-
-
-@hookimpl
-def gandid_register_analyses(register):
-    register("ace", ACE, description="average causal effect of units on classes: ranking, top-k curves, context, alpha")
+        return report.section(result, out_dir, self.DECISIVE)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from gandid import hookimpl
 from gandid.intervene import Intervention, variants
 from gandid.model import find_layer
+
+from . import report
 
 RESULT_VERSION = 1
 DEFAULT_FRACTIONS = (0.0, 0.0625, 0.125, 0.25, 0.5, 0.75)
@@ -57,7 +58,7 @@ class Noise:
         for layer in ctx.layers:
             result["layers"][layer] = self.measure(ctx, gen, z, layer)
         if ctx.is_writer:
-            self.plot(ctx, result)
+            report.plot(ctx, result)
         return result
 
     def unit_order(self, gen, z, layer) -> list[int]:
@@ -88,51 +89,9 @@ class Noise:
                 "variation_se": se.tolist(), "ratio_to_none": (mean / mean[0].clamp_min(1e-12)).tolist()
                 if counts[0] == 0 else None, "first_units": order[:10]}
 
-    def plot(self, ctx, result):
-        from gandid.plotting import pyplot
-
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(5.5, 3.4))
-        for i, (layer, entry) in enumerate(result["layers"].items()):
-            x = [100 * f for f in entry["fractions"]]
-            ax.errorbar(x, entry["variation"], yerr=[1.96 * s for s in entry["variation_se"]], fmt="o-", ms=3,
-                        capsize=2, color=f"C{i % 10}", label=layer)
-        ax.set(xlabel=f"units ablated (% of the layer, by {result['order']})",
-               ylabel="std across noise draws", title="image variation from noise")
-        ax.legend(fontsize=7, frameon=False)
-        fig.tight_layout()
-        fig.savefig(ctx.path("noise.png"), dpi=100)
-        plt.close(fig)
-
+    # -- report.html (drawn by .report; the core calls these) ----------------------------------
     def report_findings(self, result):
-        from gandid.report import Finding, esc
-
-        if not result.get("applicable"):
-            return []
-        found = []
-        for layer, e in result["layers"].items():
-            if e["ratio_to_none"] is not None and len(e["variation"]) > 1:
-                share, ratio = 100 * e["fractions"][-1], e["ratio_to_none"][-1]
-                found.append(Finding(f"Noise at <b>{esc(layer)}</b>: ablating {share:.0f}% of its units multiplies "
-                                     f"the images' variation across noise draws by {ratio:.2f}.", "noise"))
-        return found
+        return report.findings(result)
 
     def report_section(self, result, out_dir):
-        from gandid.report import esc, image, table
-
-        if not result.get("applicable"):
-            return f"<p>Not applicable: {esc(result.get('why', ''))}.</p>"
-        rows = []
-        for layer, e in result["layers"].items():
-            for f, k, v, s in zip(e["fractions"], e["units_ablated"], e["variation"], e["variation_se"]):
-                rows.append((layer, f"{100 * f:.1f}%", str(k), f"{v:.4f} ± {1.96 * s:.4f}"))
-        return (f"<p>Each of {result['samples']} latents generated under {result['draws']} noise draws; the standard "
-                "deviation across draws of every pixel (image values in [-1, 1]), averaged over pixels, channels and "
-                f"latents (± 95% normal interval over latents), as more units are ablated (by {esc(result['order'])}).</p>"
-                + table(["layer", "units ablated", "count", "variation"], rows)
-                + image("noise.png", "image variation from noise as units are ablated"))
-
-
-@hookimpl
-def gandid_register_analyses(register):
-    register("noise", Noise, description="StyleGAN noise: image variation across noise draws as units are ablated")
+        return report.section(result, out_dir)

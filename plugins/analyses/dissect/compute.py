@@ -42,19 +42,19 @@ kept (mergeable, resumable).
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from gandid import hookimpl
+from gandid.hooks import Trace
 from gandid.segmentation import distinct_planes, presence
 from gandid.stats import Histogram, Maximum, Sum, TopK
 
+from . import report
+from .measures import IQR_FRACTIONS, chance_iou, choose_by_iqr, iqr_table, lift, table_iqr
+
 FIT_SEED_OFFSET = 1_000_003  # the fit set's seed: config seed + this, so fit and test samples differ
 MODES = ("quantile", "iqr")
-# GAN Dissection's IQR candidates: top fractions 1e-3 .. 1, log-spaced (gandissect collect_iqr).
-IQR_FRACTIONS = torch.logspace(-3, 0, 100, dtype=torch.float64)
 NO_LABEL = ("unlabelled", "unlabeled")  # GAN Dissection's label 0: never an interpretable unit's label
 # gandissect's report records (generate_report: iqr_label, iqr_level, iqr_quantile) skip (unit, label)
 # pairs whose best level leaves more than half of the pixels on
@@ -105,93 +105,6 @@ class Categories:
         present = presence(labels, len(self.of_label), torch.long).flatten(2).amax(2)  # (B, L)
         of_label = F.one_hot(self.of_label.to(labels.device), len(self.names))  # (L, K)
         return (present @ of_label).clamp_max(1).double()
-
-
-def _entropy_terms(p: torch.Tensor) -> torch.Tensor:
-    """-p ln p with 0 for p = 0 (gandissect sets NaN terms to 0)."""
-    return torch.where(p > 0, -p * torch.log(p.clamp_min(1e-300)), torch.zeros_like(p))
-
-
-def iqr_table(levels, above_label, above_category, label_pixels, category_pixels, all_pixels, label_category):
-    """GAN Dissection's IQR of every unit, label and candidate level, from exact counts.
-
-    levels (U, V) candidate thresholds; above_label (U, L, V) label-l pixels with activation above level v;
-    above_category (U, K, V) pixels above level v in images containing category k; label_pixels (L,);
-    category_pixels (K,) pixels of the images containing category k; all_pixels; label_category (L,).
-    Returns (iqr, iou), each (U, L, V), with the exclusions described in the module docstring applied to iqr.
-    """
-    truth = (label_pixels / all_pixels)[None, :, None]  # P(label)
-    preds = above_category[:, label_category, :] / category_pixels[label_category].clamp_min(1)[None, :, None]
-    isects = above_label / all_pixels
-    unions = truth + preds - isects
-    table = torch.stack([torch.stack([isects, preds - isects]), torch.stack([truth - isects, 1 - unions])]).clamp(0, 1)
-    unit_marginal, label_marginal = table.sum(1), table.sum(0)  # (2, U, L, V) each: unit on/off, label on/off
-    mutual = torch.zeros_like(isects)
-    joint = torch.zeros_like(isects)
-    for j in range(2):
-        for k in range(2):
-            p = table[j, k]
-            ratio = p / (unit_marginal[j] * label_marginal[k])
-            mutual += torch.where(p > 0, p * torch.log(ratio.clamp_min(1e-300)), torch.zeros_like(p))
-            joint += _entropy_terms(p)
-    mutual, joint = mutual.clamp_min(0), joint.clamp_min(0)
-    mutual[:, :, -1] = 0  # the level at fraction 1: the minimum, every pixel on
-    mutual[:, (label_pixels / all_pixels) < 1e-3, :] = 0  # labels too rare to judge
-    iqr = torch.where(joint > 0, mutual / joint.clamp_min(1e-300), torch.zeros_like(joint))
-    iqr[(isects + table[1, 1]) <= 0.8] = 0  # pixel agreement (both on + both off) at most 0.8
-    iqr[(levels <= 0)[:, None, :].expand_as(iqr)] = 0
-    iou = torch.where(unions > 0, isects / unions.clamp_min(1e-300), torch.zeros_like(unions))
-    return iqr, iou
-
-
-def choose_by_iqr(iqr: torch.Tensor, levels: torch.Tensor, max_fraction: float | None = None):
-    """Per unit: (label (U,), threshold (U,), fit IQR (U,), top fraction index (U,)). Each (unit, label)
-    keeps its best level; the unit takes the label whose best IQR is highest (gandissect's argmax).
-    ``max_fraction``: ignore (unit, label) pairs whose best level leaves more than that fraction of the
-    pixels on (gandissect applies 0.5 to the ``iqr_label`` of its report records, not to the label and
-    threshold that ``dissect`` scores: that line is commented out there)."""
-    best_iqr, bucket = iqr.max(2)  # (U, L)
-    if max_fraction is not None:
-        best_iqr = torch.where(IQR_FRACTIONS.to(bucket.device)[bucket] > max_fraction,
-                               torch.zeros_like(best_iqr), best_iqr)
-    label = best_iqr.argmax(1)  # (U,)
-    units = torch.arange(len(label), device=label.device)
-    chosen_bucket = bucket[units, label]
-    return label, levels[units, chosen_bucket], best_iqr[units, label], chosen_bucket
-
-
-def table_iqr(inter, active, truth, total):
-    """IQR of the 2x2 table at one threshold from counts (any matching shapes): ``inter`` unit-on label
-    pixels, ``active`` unit-on pixels and ``truth`` label pixels among ``total`` pixels."""
-    cells = [inter, active - inter, truth - inter, total - (active + truth - inter)]
-    p = [(c / total.clamp_min(1)).clamp(0, 1) for c in cells]
-    rows, cols = (p[0] + p[1], p[2] + p[3]), (p[0] + p[2], p[1] + p[3])
-    mutual = sum(torch.where(q > 0, q * torch.log((q / (r * c)).clamp_min(1e-300)), torch.zeros_like(q))
-                 for q, r, c in ((p[0], rows[0], cols[0]), (p[1], rows[0], cols[1]),
-                                 (p[2], rows[1], cols[0]), (p[3], rows[1], cols[1])))
-    joint = sum(_entropy_terms(q) for q in p)
-    return torch.where(joint > 0, mutual.clamp_min(0) / joint.clamp_min(1e-300), torch.zeros_like(joint))
-
-
-def chance_iou(active: torch.Tensor, cls: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """IoU that a map independent of the class would get with the same active area: with a and p the
-    unit's active and the class's pixel fractions among ``total`` pixels, E|A & S| = a p and
-    E|A | S| = a + p - a p. Any matching shapes (counts)."""
-    a, p = active / total.clamp_min(1), cls / total.clamp_min(1)
-    return a * p / (a + p - a * p).clamp_min(1e-12)
-
-
-def lift(iou: float, chance: float) -> float | None:
-    """IoU over chance IoU (None when chance is 0: an empty map or an absent class)."""
-    return iou / chance if chance > 0 else None
-
-
-def criterion(result) -> str:
-    """When a unit counts as interpretable, in words."""
-    text = f"its IoU with its label exceeds {result['iou_threshold']:g}"
-    if result["threshold_mode"] == "iqr":
-        text += f" and its IQR exceeds {result['iqr_threshold']:g}"
-    return text
 
 
 class Dissect:
@@ -414,35 +327,24 @@ class Dissect:
 
     def draw_strips(self, ctx, layer, summary, units: int = 8, images: int = 5):
         """For the units with the highest IoU: their top images with the thresholded unit mask outlined."""
-        from gandid.plotting import pyplot
-
-        plt = pyplot()
-
         best = sorted(summary["units"], key=lambda e: -e["iou"])[:units]
         if not best:
             return
-        fig, axes = plt.subplots(len(best), images, figsize=(images * 1.3, len(best) * 1.4), squeeze=False)
-        for row, entry in enumerate(best):
+        report.draw_strips(ctx, layer, len(best), images, self.strip_rows(ctx, layer, best, images))
+
+    @staticmethod
+    def strip_rows(ctx, layer, best, images: int):
+        """Per unit entry of ``best``, regenerated one unit at a time as the figure draws it: (entry, its top
+        seeds, their images, the unit's activation upsampled to the images' size)."""
+        for entry in best:
             seeds = entry["top_seeds"][:images]
             with torch.no_grad():
                 z = torch.cat([ctx.generator.sample_z(1, ctx.config.seed, start=s) for s in seeds]).to(ctx.device)
-                from gandid.hooks import Trace
-
                 with Trace(ctx.generator, [layer]) as trace:
                     imgs = ctx.generator.forward(z).clamp(-1, 1).float().cpu()
                 feat = trace[layer][:, entry["unit"]:entry["unit"] + 1].float().cpu()
                 mask = F.interpolate(feat, size=imgs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            for k in range(images):
-                ax = axes[row][k]
-                ax.axis("off")
-                if k < len(seeds):
-                    ax.imshow(((imgs[k] + 1) / 2).permute(1, 2, 0).numpy())
-                    ax.contour((mask[k] >= entry["threshold"]).numpy(), levels=[0.5], colors="yellow", linewidths=1)
-            axes[row][0].set_title(f"unit {entry['unit']}: {entry['label']} {entry['iou']:.2f}", fontsize=7,
-                                   loc="left")
-        fig.tight_layout()
-        fig.savefig(ctx.path(f"dissect_{layer}_top_units.png"), dpi=90)
-        plt.close(fig)
+            yield entry, seeds, imgs, mask
 
     def summarise(self, ctx, layer, labels, iou, iqr, chance, fit, top):
         """Per unit: its label (highest IoU in quantile mode; the fit's IQR label in iqr mode), threshold,
@@ -492,71 +394,9 @@ class Dissect:
         return {"threshold_mode": self.mode, "units": units, "interpretable": interpretable,
                 "interpretable_by_category": by_category, "interpretable_total": sum(interpretable.values())}
 
+    # -- report.html (drawn by .report; the core calls these) ----------------------------------
     def report_findings(self, result):
-        from gandid.report import Finding, anchor, esc, fmt
-
-        found = []
-        for layer, entry in result["layers"].items():
-            counts = sorted(entry["interpretable"].items(), key=lambda kv: (-kv[1], kv[0]))
-            classes = list(entry["units"][0]["iou_per_class"]) if entry["units"] else []
-            none = [c for c in classes if c not in entry["interpretable"]]
-            listed = ", ".join(f"{esc(k)} {v}" for k, v in counts[:12]) + (
-                f" and {len(counts) - 12} more" if len(counts) > 12 else "")
-            text = (f"<b>{entry['interpretable_total']} of {len(entry['units'])}</b> units of "
-                    f"<code>{esc(layer)}</code> are interpretable ({esc(criterion(result))})"
-                    + (f", for {len(counts)} classes: {listed}" if counts else "") + ".")
-            if none:
-                text += f" No unit for {esc(', '.join(none))}."
-            found.append(Finding(text, anchor("dissect", layer)))
-            if entry["units"]:
-                best = max(entry["units"], key=lambda e: e["iou"])
-                chance = (f", {esc(fmt(best['iou_lift'], 1))}x the {esc(fmt(best['chance_iou'], 3))} a map of the same "
-                          "area would get by chance" if best.get("iou_lift") is not None else "")
-                found.append(Finding(f"Best unit: unit {best['unit']} draws {esc(best['label'])} "
-                                     f"(IoU {esc(fmt(best['iou'], 3))}{chance}).", anchor("dissect", layer, "units")))
-        return found
+        return report.findings(result)
 
     def report_section(self, result, out_dir):
-        from gandid.plotting import pyplot
-        from gandid.report import anchor, esc, fmt, image, sig, table
-
-        plt = pyplot()
-
-        conditioned = (" IoU is category-conditioned: a unit's active pixels count only in images that contain the "
-                       f"label's category ({esc(', '.join(result.get('categories', [])))})."
-                       if result.get("category_conditioned") else "")
-        parts = [f"<p>Thresholds: <code>{esc(result['threshold_mode'])}</code>; a unit is interpretable when "
-                 f"{esc(criterion(result))}. Chance IoU: what a map independent of the class, with the unit's active "
-                 f"area, would get; lift = IoU / chance IoU.{conditioned}</p>"]
-        for layer, entry in result["layers"].items():
-            counts = sorted(entry["interpretable"].items(), key=lambda kv: (-kv[1], kv[0]))
-            parts.append(f"<h3 id='{esc(anchor('dissect', layer))}'>{esc(layer)}: {entry['interpretable_total']} "
-                         f"interpretable units of {len(entry['units'])}</h3>")
-            if counts:
-                fig, ax = plt.subplots(figsize=(6, 2.6))
-                ax.bar([k for k, _ in counts], [v for _, v in counts], color="#4c72b0")
-                ax.set(ylabel="units", title=f"interpretable units per class, {layer}")
-                ax.tick_params(axis="x", rotation=45, labelsize=8)
-                fig.tight_layout()
-                fig.savefig(Path(out_dir) / f"dissect_{layer}_counts.png", dpi=90)
-                plt.close(fig)
-                parts.append(image(f"dissect_{layer}_counts.png", "interpretable units per class"))
-            best = sorted(entry["units"], key=lambda e: -e["iou"])[:12]
-            parts.append(f"<p id='{esc(anchor('dissect', layer, 'units'))}'>The {len(best)} units with the "
-                         "highest IoU (threshold: the unit's activation level that counts as on):</p>")
-            iqr = result["threshold_mode"] == "iqr"
-            parts.append(table(["unit", "class", "IoU", "chance IoU", "lift"] + (["IQR"] if iqr else []) + ["threshold"],
-                               [(e["unit"], e["label"], fmt(e["iou"], 3), fmt(e["chance_iou"], 3),
-                                 "n/a" if e["iou_lift"] is None else f"{fmt(e['iou_lift'], 1)}x")
-                                + ((fmt(e["iqr"], 3),) if iqr else ()) + (sig(e["threshold"]),) for e in best]))
-            if (Path(out_dir) / f"dissect_{layer}_top_units.png").exists():
-                parts.append(image(f"dissect_{layer}_top_units.png",
-                                   "top units: their highest-activating samples, unit mask outlined"))
-        return "\n".join(parts)
-
-
-@hookimpl
-def gandid_register_analyses(register):
-    register("dissect", Dissect, description="GAN Dissection: per-unit IoU with each class, thresholds, top images")
-
-
+        return report.section(result, out_dir)
