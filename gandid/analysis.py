@@ -36,6 +36,7 @@ class Analysis(Protocol):
     - ``check(generator, segmenter, layers)``: raise to refuse the run before any work.
     - ``report_section(result, out_dir) -> str`` and ``report_findings(result) -> list``: its part of
       report.html (see :mod:`gandid.report`).
+    - ``explorer(result) -> dict``: what `gandid serve` shows of it (docs/serve.md, "What an analysis shows").
     """
 
     def run(self, ctx: "RunContext") -> "dict | AnalysisResult":

@@ -25,6 +25,8 @@ from .explorer import BadRequest, Explorer, NotFound
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 1 << 20  # bytes: a 256 x 256 region written out as JSON numbers fits with room to spare
 MAX_DEPTH = 16  # nested lists/objects in a body: an edit needs 3 (object, region, row)
+MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+               ".html": "text/html; charset=utf-8"}
 HEADERS = {
     # the views load nothing from elsewhere; images are data: URLs or the run's own files
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
@@ -146,7 +148,8 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
     localhost server from answering pages of other sites that resolve their name to 127.0.0.1."""
     explorer = Explorer(run_dir, registry=registry, device=device)
     models = ModelQueue(queue)
-    static_files = {p.name for p in STATIC.iterdir() if p.is_file()}
+    # the files shipped, by relative path (the views' ES modules are in static/js/): nothing else is served
+    static_files = {p.relative_to(STATIC).as_posix() for p in STATIC.rglob("*") if p.is_file()}
 
     async def index(request):
         return FileResponse(STATIC / "index.html", headers=HEADERS)
@@ -155,7 +158,8 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
         name = request.path_params["name"]
         if name not in static_files:
             raise NotFound(f"no static file {name!r}")
-        return FileResponse(STATIC / name, headers=HEADERS)
+        # module scripts must come with a JavaScript type (nosniff); mimetypes may not say so on every system
+        return FileResponse(STATIC / name, headers=HEADERS, media_type=MEDIA_TYPES.get(Path(name).suffix))
 
     async def refreshed():
         """Re-read a changed run.json off the event loop: a reload that rebuilds the models reads weights and
@@ -167,6 +171,10 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
         info = explorer.info()
         info["limits"]["queue"] = queue
         return JSONResponse(info)
+
+    async def analyses(request):
+        await refreshed()
+        return JSONResponse({"analyses": await anyio.to_thread.run_sync(explorer.analyses)})
 
     async def result(request):
         await refreshed()
@@ -221,8 +229,8 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
         return _error(status, f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not found')}")
 
     routes = [
-        Route("/", index), Route("/static/{name}", static), Route("/files/{path:path}", run_file),
-        Route("/api/run", run_info), Route("/api/results/{analysis}", result),
+        Route("/", index), Route("/static/{name:path}", static), Route("/files/{path:path}", run_file),
+        Route("/api/run", run_info), Route("/api/analyses", analyses), Route("/api/results/{analysis}", result),
         Route("/api/sample/{index}", sample), Route("/api/unit-images", unit_images),
         Route("/api/edit", edit, methods=["POST"]), Route("/api/arms", arms, methods=["POST"]),
     ]

@@ -27,6 +27,7 @@ from ..model import find_layer
 from ..registry import Registry, get_registry
 from ..runner import build_models, model_options, resolve_device
 from ..segmentation import class_fractions, label_planes
+from .describe import describe
 
 MAX_SAMPLE = 2 ** 31  # sample i is latent i of the run's seed: any non-negative index is valid
 MAX_IMAGES = 16  # samples per unit-images request
@@ -117,6 +118,7 @@ class Explorer:
         self._reload_lock = threading.Lock()
         self._models_lock = threading.RLock()  # model calls hold it: a reload swaps the models between calls
         self._stamp = _stamp(self.record_path)
+        self._views: dict[str, tuple] = {}  # analysis -> (its result's stamp and options, description)
         record, config = self._read_record()
         self._use(record, config, self._build_models(config))
         status = record.get("status")
@@ -196,6 +198,42 @@ class Explorer:
             "did_sites": self._did_sites(), "arm_titles": dict(ARM_TITLES), "files": list(self.record.get("files") or []),
             "limits": {"max_sample": MAX_SAMPLE, "max_images": MAX_IMAGES, "max_value": MAX_VALUE},
         }
+
+    def analyses(self) -> list[dict]:
+        """The run's stages in run order, each with what the views show of it: the description its analysis's
+        ``explorer(result)`` gives (gandid.serve.describe), or ``view: None`` (no result, or no ``explorer``);
+        ``error`` says why an analysis that has one could not be described (the others are still shown)."""
+        self.refresh()
+        out = []
+        for name, stage in (self.record.get("stages") or {}).items():
+            path = self._result_path(name)
+            entry = {"name": name, "status": (stage or {}).get("status"), "result": path is not None, "view": None,
+                     "error": None}
+            if path is not None:
+                try:
+                    entry["view"] = self._description(name, path)
+                except Exception as exc:  # a plugin's broken explorer() must not hide the other analyses
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
+            out.append(entry)
+        return out
+
+    def _description(self, name: str, path: Path) -> dict | None:
+        """``name``'s description, computed again only when its result file or options change."""
+        options = dict(self.config.analysis_options.get(name) or {})
+        key = (_stamp(path), json.dumps(options, sort_keys=True, default=str))
+        cached = self._views.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            analysis = self.registry.create("analysis", name, **options)
+        except Exception:
+            if not options:
+                raise
+            # a description reads the result, not the options: defaults do where the recorded ones no longer fit
+            analysis = self.registry.create("analysis", name)
+        view = describe(analysis, self._read_result(name))
+        self._views[name] = (key, view)
+        return view
 
     def _result_path(self, analysis: str) -> Path | None:
         stage = (self.record.get("stages") or {}).get(analysis)

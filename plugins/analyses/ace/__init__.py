@@ -2,7 +2,7 @@
 
 ``compute``: the ACE analysis and its counterfactual passes; ``estimates``: the screen's first-order
 estimates and the uncertainty of the exact values; ``results``: ``ace.json``'s type and readers;
-``report``: its part of report.html and its figures.
+``report``: its part of report.html and its figures; ``explore``: what `gandid serve` shows of it.
 """
 from gandid import hookimpl
 

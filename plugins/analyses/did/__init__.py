@@ -2,7 +2,7 @@
 (Liu et al., "Difference-in-Differences").
 
 ``compute``: the DID analysis and its four-arm passes; ``results``: ``did.json``'s type and reader;
-``report``: its part of report.html and its figures.
+``report``: its part of report.html and its figures; ``explore``: what `gandid serve` shows of it.
 """
 from gandid import hookimpl
 

@@ -1,7 +1,8 @@
 """`dissect`: which units draw which classes (GAN Dissection, Bau et al. 2019).
 
 ``compute``: the Dissect analysis, its threshold fits and IoU counts; ``measures``: IoU and IQR from
-those counts; ``report``: its part of report.html and its figures.
+those counts; ``report``: its part of report.html and its figures; ``explore``: what `gandid serve`
+shows of it.
 """
 from gandid import hookimpl
 

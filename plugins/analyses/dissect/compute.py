@@ -400,3 +400,9 @@ class Dissect:
 
     def report_section(self, result, out_dir):
         return report.section(result, out_dir)
+
+    # -- gandid serve (described by .explore; the explorer calls it) -----------------------------
+    def explorer(self, result):
+        from .explore import explorer_view
+
+        return explorer_view(result)

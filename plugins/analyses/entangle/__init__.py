@@ -1,7 +1,7 @@
 """`entangle`: the DID paper's taxonomy of entanglement under ablation, automated (its sec. 4.2, 5.2).
 
 ``compute``: the calls from the ace and did results; ``report``: their names, its part of report.html
-and its figure.
+and its figure; ``explore``: what `gandid serve` shows of it.
 """
 from gandid import hookimpl
 
