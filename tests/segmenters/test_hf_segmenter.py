@@ -217,7 +217,7 @@ def test_class_scores_are_differentiable(segformer, monkeypatch, budget):
     import copy as copying
 
     if budget:
-        monkeypatch.setattr(hf_segmenter, "PIXEL_BUDGET", budget)
+        monkeypatch.setattr(hf_segmenter.pixel_segmenter, "PIXEL_BUDGET", budget)
     folder, model, processor = segformer
     seg = HFSegmenter(weights=str(folder))
     x, _ = renders(3, start=7)
