@@ -49,6 +49,7 @@ def gt_ace(tmp_path, **options):
                         segmenter=GroundTruthSegmenter(), layers=["feat"], samples=16, batch_size=8)
 
 
+@pytest.mark.slow
 def test_screen_finds_the_planted_units_from_two_candidates(tmp_path):
     result = gt_ace(tmp_path, top_k=1, screen_candidates=2)
     classes = result["classes"]
@@ -73,6 +74,7 @@ def test_screen_finds_the_planted_units_from_two_candidates(tmp_path):
         assert best[u] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_screening_every_unit_gives_the_exhaustive_numbers(tmp_path):
     screened = gt_ace(tmp_path / "a", top_k=3, screen_candidates=13)
     exhaustive = gt_ace(tmp_path / "b", top_k=3, screen=False)
@@ -82,6 +84,7 @@ def test_screening_every_unit_gives_the_exhaustive_numbers(tmp_path):
         assert s["screen"]["exhaustive"] and e["unit_ace_estimate"] is None and not e["screen"]["enabled"]
 
 
+@pytest.mark.slow
 def test_the_screen_widens_when_the_exact_top_k_sits_at_its_edge(tmp_path, monkeypatch):
     """A screen that puts red's planted unit 0 last of the first four candidates: the exact top 1 is then
     at the edge, so one more candidate (a third of four) is measured; there unit 0 is no longer at the edge."""
@@ -126,6 +129,7 @@ def test_screen_candidates_must_be_positive():
         ACE(screen_min_correlation=2)
 
 
+@pytest.mark.slow
 def test_an_interrupted_screened_ace_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     """Interrupted after its third exact pass (the estimates, the ablation union and one class's
     insertions saved), ace resumes from its state and reports exactly what an uninterrupted run does."""

@@ -139,6 +139,7 @@ def ace_result(tmp_path_factory, request):
     return run(cfg, registry=reg), tmp / "out"
 
 
+@pytest.mark.slow
 def test_ace_ranks_planted_units_first_with_the_right_sign(ace_result):
     result, out = ace_result
     assert result.status == "completed", result.errors
@@ -350,6 +351,7 @@ def test_the_report_label_skips_pairs_whose_best_level_leaves_most_pixels_on():
     assert changed > 10
 
 
+@pytest.mark.slow
 def test_iqr_finds_nothing_in_units_unrelated_to_the_objects(tmp_path):
     import gandid_plugins.analyses.dissect
     from gandid.testing import registry_with
@@ -385,6 +387,7 @@ def test_iqr_finds_nothing_in_units_unrelated_to_the_objects(tmp_path):
         assert lifts and lifts[len(lifts) // 2] < 2.0
 
 
+@pytest.mark.slow
 def test_category_conditioned_iou_counts_a_unit_only_in_images_with_the_labels_category(tmp_path):
     import gandid_plugins.analyses.dissect
     from gandid.testing import registry_with
@@ -488,6 +491,7 @@ class AtomsAndTails(GroundTruthGenerator):
         return torch.relu(x).clamp(max=40.0)
 
 
+@pytest.mark.slow
 def test_quantile_thresholds_are_the_exact_order_statistic_of_the_raw_map(tmp_path):
     import gandid_plugins.analyses.dissect
     from gandid.testing import registry_with

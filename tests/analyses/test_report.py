@@ -27,6 +27,7 @@ def report_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_report_links_every_section_and_escapes_plugin_strings(report_dir):
     page = (report_dir / "report.html").read_text()
     for section in ("dissect", "ace", "did", "entangle"):
@@ -37,6 +38,8 @@ def test_report_links_every_section_and_escapes_plugin_strings(report_dir):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     url = (report_dir / "report.html").as_uri()
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]

@@ -132,6 +132,7 @@ def run_ace_and_did(generator_factory, layer: str, out) -> dict:
     return result.results
 
 
+@pytest.mark.slow
 def test_a_generator_written_from_the_readme_works_with_ace_and_did(tmp_path):
     """gandid.testing's TinyGenerator has exactly the documented members; ace and did run on it."""
     from gandid.testing import TinyGenerator
@@ -140,6 +141,7 @@ def test_a_generator_written_from_the_readme_works_with_ace_and_did(tmp_path):
     assert set(results["ace"]["classes"]) == {"dark", "bright"}
 
 
+@pytest.mark.slow
 def test_a_generator_written_in_the_test_from_the_readme_alone_works_with_ace_and_did(tmp_path):
     """A generator written here from the README's member list only (not gandid.testing's): a plain
     conv net with pixel norms, gandid.model's PixelNorm/LayerInfo/NormSite/normal_rows and nothing

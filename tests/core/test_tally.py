@@ -41,6 +41,7 @@ def cfg(tmp_path, name, **options):
                      out=str(tmp_path / name), device="cpu", analysis_options={"pixelsums": options})
 
 
+@pytest.mark.slow
 def test_an_interrupted_tally_resumes_to_the_same_numbers(tmp_path, tally_registry):
     whole = run(cfg(tmp_path, "whole"), registry=tally_registry).results["pixelsums"]
     assert whole["done"] == 20 and sum(whole["counts"]) == 20 * 16 * 16

@@ -144,6 +144,7 @@ def test_a_checkpoint_that_loses_something_writes_nothing(tmp_path):
     assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob("*.partial.safetensors"))
 
 
+@pytest.mark.slow
 def test_run_with_generator_auto_records_what_it_found(registry, tmp_path):
     import gandid_plugins.analyses.dissect
     from gandid.config import RunConfig
@@ -343,6 +344,7 @@ def test_a_write_that_fails_midway_leaves_out_as_it_was(registry, tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, out.name])
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_leaves_no_half_written_file(tmp_path):
     """`gandid convert` in a process that may write at most 16 KiB per file (RLIMIT_FSIZE: the kernel
     answers EFBIG past it, as a full disk answers ENOSPC): exit 2, a message naming OUT, no traceback, and

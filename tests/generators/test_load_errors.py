@@ -76,6 +76,7 @@ def test_half_a_checkpoint_is_called_truncated(registry, tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["legacy-p2", "legacy-p4", "pickle-p4", "zip-p2", "safetensors"])
+@pytest.mark.slow
 def test_a_checkpoint_cut_anywhere_is_called_truncated(tmp_path, fmt):
     """Cut at many places (inside an instruction, its argument, a line of text, the tensor data): always
     gandid's message, never an IndexError or struct.error from torch's reader, never a refusal."""

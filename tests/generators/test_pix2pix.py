@@ -493,6 +493,7 @@ def test_per_unit_and_variants_take_image_latents(tmp_path, inputs):
 
 # -- the analyses ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_dissect_ace_did_entangle_run_end_to_end(tmp_path, inputs):
     import json
 

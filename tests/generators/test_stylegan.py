@@ -257,6 +257,7 @@ def test_wrong_files_get_clear_errors(tmp_path):
         stylegan(weights=str(tmp_path / "gap.pt"))
 
 
+@pytest.mark.slow
 def test_ace_and_did_run_end_to_end_on_a_random_stylegan(tmp_path):
     from gandid.testing import BrightnessSegmenter, run_analysis
     from gandid_plugins.analyses.ace import ACE

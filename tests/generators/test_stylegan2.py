@@ -110,6 +110,7 @@ def test_did_on_demodulation_sites(tmp_path):
     assert empty.did.abs().max() == 0
 
 
+@pytest.mark.slow
 def test_the_did_report_shows_demodulation_is_zero_by_construction(tmp_path):
     """ace and did end to end on a random StyleGAN2: the measured DID is ~0 and the report says why."""
     from gandid.testing import BrightnessSegmenter, run_analysis

@@ -261,6 +261,7 @@ def test_anything_beyond_the_allow_list_is_refused_by_name_without_running(tmp_p
     assert not {"evil_payload_module", "_imported_module_0123abcd"} & set(sys.modules) and not FAKE & set(sys.modules)
 
 
+@pytest.mark.slow
 def test_loading_runs_and_imports_nothing_from_the_file(tmp_path):
     """In a fresh interpreter under an audit hook: loading the good snapshot and every malicious file
     raises no exec, compile, process or import event for anything the files name."""
@@ -397,6 +398,7 @@ def test_captured_objects_keep_class_names_kwargs_and_source_as_data(tmp_path):
     assert data["augment_pipe"].attributes["imgfilter_bands"] == [1, 1, 1, 1]
 
 
+@pytest.mark.slow
 def test_a_whole_run_with_dissect_ace_and_did(tmp_path):
     import gandid
     from gandid.testing import BrightnessSegmenter

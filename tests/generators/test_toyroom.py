@@ -17,6 +17,7 @@ def test_renders_are_deterministic_and_labelled_exactly():
     assert big_img.shape == (3, 128, 128) and big_lab.shape == (128, 128)
 
 
+@pytest.mark.slow
 def test_the_world_has_every_class_and_realistic_layout():
     _, labels = render_batch(range(300))
     freq = np.bincount(labels.ravel(), minlength=len(LABELS)) / labels.size
@@ -49,6 +50,7 @@ def test_frechet_distance_matches_the_textbook_formula():
 
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="the toyroom segmenter has not been trained yet")
+@pytest.mark.slow
 def test_shipped_segmenter_is_accurate_on_held_out_renders():
     seg = ToyroomSegmenter()
     images, labels = render_batch(range(10_000_000, 10_000_200))
@@ -78,6 +80,7 @@ def test_generator_plugin_loads_pggan_layout_weights(tmp_path):
     assert [l.channels for l in loaded.layers][4] == 128
 
 
+@pytest.mark.slow
 def test_class_frequencies_count_every_pixel_once(tmp_path):
     from safetensors.torch import save_file
 
@@ -97,6 +100,7 @@ def test_class_frequencies_count_every_pixel_once(tmp_path):
 
 
 @pytest.mark.skipif(not GENERATOR_WEIGHTS.exists(), reason="the toyroom generator has not been trained yet")
+@pytest.mark.slow
 def test_shipped_generator_draws_rooms_with_objects():
     from gandid_plugins.worlds.toyroom.train import class_frequencies
 
@@ -109,6 +113,7 @@ def test_shipped_generator_draws_rooms_with_objects():
 
 
 @pytest.mark.skipif(not GENERATOR_WEIGHTS.exists(), reason="the toyroom generator has not been trained yet")
+@pytest.mark.slow
 def test_default_run_end_to_end_on_the_shipped_models(tmp_path):
     """`gandid run` with the defaults (toyroom generator and segmenter, every analysis), scaled down."""
     import json
@@ -146,6 +151,7 @@ def test_minibatch_std_is_per_group_of_four():
         minibatch_std(x[:11])  # 11 is prime: no group of 2-4 samples
 
 
+@pytest.mark.slow
 def test_a_resumed_training_run_continues_where_it_stopped(tmp_path):
     """Two steps, a checkpoint, two more steps give the weights of four steps in one go (the latent
     draws continue rather than replay)."""
@@ -169,6 +175,7 @@ def test_a_resumed_training_run_continues_where_it_stopped(tmp_path):
 
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="the toyroom segmenter has not been trained yet")
+@pytest.mark.slow
 def test_train_report_writes_the_model_cards_numbers(tmp_path, capsys, monkeypatch):
     """`python -m gandid_plugins.worlds.toyroom.train report` end to end, on a few images of a random generator."""
     import json

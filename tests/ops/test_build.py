@@ -17,6 +17,8 @@ from gandid.errors import FusedOpUnavailable
 from gandid.ops import build
 from gandid.runner import run
 
+pytestmark = [pytest.mark.slow]
+
 REAL_IMPORT = build._import_library
 
 

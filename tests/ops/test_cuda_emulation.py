@@ -54,6 +54,7 @@ def _layout(channels_last):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.slow
 def test_emulated_cuda_kernels_match_naive_loop(emulated, dtype, channels_last):
     # The same cases as test_ops.py::test_cuda_matches_naive_loop, plus plain and DID ones.
     cases = [((4, 512, 8, 8), dict(value=True, region="per_row", rows=True, beta_src="random")),
@@ -75,6 +76,7 @@ def test_emulated_cuda_kernels_match_naive_loop(emulated, dtype, channels_last):
 @settings(max_examples=int(os.environ.get("GANDID_HYPOTHESIS_EXAMPLES", "60")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=case_args)
+@pytest.mark.slow
 def test_emulated_cuda_kernels_on_random_cases(emulated, case):
     # The random option combinations of test_ops.py's float32 test, through the CUDA kernels.
     x, kw = random_case(**affordable(case))
@@ -85,6 +87,7 @@ def test_emulated_cuda_kernels_on_random_cases(emulated, case):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(6, 40, 5, 7), (3, 1000, 4, 5), (2, 24, 40, 30), (5, 16, 3, 7), (4, 3, 5, 5),
                                    (3, 1, 2, 9)])
+@pytest.mark.slow
 def test_emulation_runs_the_production_grid(emulated, channels_last, shape):
     # The kernels really ran under the emulator, on the grid intervene_cuda.cu launches. NHWC: L
     # lanes per pixel (C rounded up to a power of two, at most 32), so a warp takes 32 / L pixels

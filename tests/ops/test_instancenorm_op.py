@@ -97,6 +97,7 @@ def options(seed, n, c):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.slow
 def test_every_backend_matches_float64(backend, layout, dtype):
     for seed, shape in enumerate(SHAPES):
         x = random_x(seed, shape, dtype, layout)
@@ -239,6 +240,7 @@ EMU_SHAPES = [(4, 40, 8, 8), (3, 37, 5, 9), (2, 3, 20, 17), (8, 3, 1, 1), (1, 33
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.slow
 def test_emulated_cuda_kernels_match_float64(emulated, layout, dtype):
     for seed, shape in enumerate(EMU_SHAPES):
         x = random_x(seed, shape, dtype, layout)
@@ -288,6 +290,7 @@ NVCC = shutil.which("nvcc")
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
 @pytest.mark.parametrize("arch", ["80", "90"])
+@pytest.mark.slow
 def test_cuda_sources_compile_with_nvcc(arch, tmp_path):
     src = Path(build.csrc_dir()) / "cuda" / "instnorm_cuda.cu"
     obj = tmp_path / f"instnorm_sm{arch}.o"

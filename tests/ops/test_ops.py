@@ -21,6 +21,7 @@ BACKENDS = ["ext", "reference"]
 
 @settings(max_examples=int(os.environ.get("GANDID_HYPOTHESIS_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=case_args)
+@pytest.mark.slow
 def test_float32_every_backend_matches_naive_loop(case):
     x, kw = random_case(**affordable(case))
     y_ref, beta_ref = naive(x, **kw)
@@ -169,6 +170,7 @@ def _grad_inputs(seed, beta_mode):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("beta_mode", ["none", "random", "did", "beta_in"])
+@pytest.mark.slow
 def test_gradcheck(backend, beta_mode):
     x, kw = _grad_inputs(11, beta_mode)
     keys = [k for k in ("alpha", "value", "region", "beta_in") if k in kw]
@@ -194,6 +196,7 @@ def test_ext_backward_matches_reference_autograd_in_float32():
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_torch_compile_traces_a_module_calling_the_op():
     class Block(torch.nn.Module):
         def __init__(self):
@@ -274,6 +277,7 @@ NVCC = shutil.which("nvcc")
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
 @pytest.mark.parametrize("arch", ["80", "90"])
+@pytest.mark.slow
 def test_cuda_sources_compile_with_nvcc(arch, tmp_path):
     src = Path(build.csrc_dir()) / "cuda" / "intervene_cuda.cu"
     cmd = [NVCC, "-c", "-std=c++17", "-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", str(src),
@@ -299,6 +303,7 @@ def test_cuda_matches_naive_loop(dtype, channels_last):
         assert_matches(x, kw, y.cpu(), beta.cpu(), y_ref, beta_ref, dtype)
 
 
+@pytest.mark.slow
 def test_gandid_bench_and_build_ext_commands(tmp_path, capsys):
     from gandid.cli import main
 

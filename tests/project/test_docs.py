@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
@@ -16,6 +18,7 @@ def writing_a_plugin() -> str:
     return README[README.index("## Writing a plugin"):]
 
 
+@pytest.mark.slow
 def test_the_readme_pyproject_installs_and_registers_the_plugin(tmp_path):
     toml = re.search(r"```toml\n(.*?)```", writing_a_plugin(), re.S).group(1)
     toml = "\n".join(line[3:] if line.startswith("   ") else line for line in toml.splitlines())

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 ANALYSES = ("count", "unitstats")
 TIMEOUT = 180  # a hang fails the test instead of stalling the suite
 
@@ -107,6 +109,7 @@ def test_a_full_disk_is_named_and_the_run_resumes(limit, whole, tmp_path, instal
     continue_and_check(out, whole[0], installed_plugins)
 
 
+@pytest.mark.distributed
 def test_a_merge_killed_midway_is_redone_to_the_same_numbers(tmp_path, installed_plugins):
     sharded = ("unitstats",)  # an analysis that splits its samples between shards (ctx.tally)
     shards = []

@@ -17,6 +17,8 @@ import torch
 
 from gandid.distributed import Collective, ProcessGroup, split_range
 
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
 HERE = Path(__file__).resolve().parents[1]  # tests/
 WORKER = HERE / "dist_worker.py"
 ANALYSES = ("dissect", "ace", "did", "entangle")

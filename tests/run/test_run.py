@@ -21,6 +21,7 @@ def cfg(tmp_path, **kw):
     return RunConfig(**base)
 
 
+@pytest.mark.slow
 def test_run_writes_results_and_run_json(tmp_path, registry):
     result = run(cfg(tmp_path, layer=["layer1", "layer2"]), registry=registry)
     assert result.status == "completed" and not result.errors
@@ -43,6 +44,7 @@ def test_run_writes_results_and_run_json(tmp_path, registry):
     assert len(stats["layers"]["layer2"]["mean"]) == 16
 
 
+@pytest.mark.slow
 def test_generator_suggested_options_apply_under_the_users(tmp_path, registry):
     suggest = {"suggest_samples": 6}
     result = run(cfg(tmp_path, out=str(tmp_path / "a"), generator_options=suggest), registry=registry)
@@ -55,6 +57,7 @@ def test_generator_suggested_options_apply_under_the_users(tmp_path, registry):
     assert result.results["count"]["samples"] == 7
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_any_batch_size(tmp_path, registry):
     a = run(cfg(tmp_path, out=str(tmp_path / "a"), batch_size=3), registry=registry)
     b = run(cfg(tmp_path, out=str(tmp_path / "b"), batch_size=10), registry=registry)
@@ -63,6 +66,7 @@ def test_same_seed_same_numbers_any_batch_size(tmp_path, registry):
     assert c.results["count"] != a.results["count"]
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_then_force_and_resume(tmp_path, registry):
     run(cfg(tmp_path), registry=registry)
     with pytest.raises(OutputExistsError, match="--resume.*--force"):
@@ -77,6 +81,7 @@ def test_refuses_to_overwrite_then_force_and_resume(tmp_path, registry):
     assert (foreign / "thesis.tex").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, registry):
     whole = run(cfg(tmp_path, out=str(tmp_path / "whole"), analysis=["count"]), registry=registry)
     config = cfg(tmp_path, analysis=["count"], analysis_options={"count": {"interrupt_at": 8}})
@@ -96,6 +101,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, registry):
     assert json.loads((tmp_path / "out" / "run.json").read_text())["resumes"]
 
 
+@pytest.mark.slow
 def test_failing_analysis_does_not_take_others_down(tmp_path, registry):
     result = run(cfg(tmp_path, analysis=["failing", "count"]), registry=registry)
     assert result.status == "completed_with_errors"
@@ -147,6 +153,7 @@ def gandid_cli(env, *args, cwd=None):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_third_party_plugin_via_entry_points(installed_plugins, tmp_path):
     proc = gandid_cli(installed_plugins, "plugins", "--json")
     assert proc.returncode == 0, proc.stderr

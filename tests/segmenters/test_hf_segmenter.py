@@ -113,6 +113,7 @@ def test_resize_is_pillows_filter_on_float_images(mode, pil, size):
 
 
 @pytest.mark.parametrize("size", [64, 96, 40])
+@pytest.mark.slow
 def test_preprocessing_equals_the_image_processor(tf, tmp_path, size):
     processor = pil_processor(tf, "SegformerImageProcessor")(size={"height": size, "width": size})
     processor.save_pretrained(tmp_path)
@@ -153,6 +154,7 @@ def test_dpt_preprocessing_keeps_aspect_ratio_multiples_and_pads_like_the_proces
 
 # -- models -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_segformer_folder_segments_as_transformers_does(segformer):
     folder, model, processor = segformer
     seg = HFSegmenter(weights=str(folder), batch_size=2)
@@ -170,6 +172,7 @@ def test_segformer_folder_segments_as_transformers_does(segformer):
         torch.testing.assert_close(seg.class_scores(x, c), ref.softmax(1)[:, c].mean((1, 2)), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_older_layout_pytorch_bin_float16_and_feature_extractor_config(tf, segformer, tmp_path):
     """What older hub folders hold: pytorch_model.bin (a pickled state dict, read with weights_only), half
     precision weights, and a feature-extractor config with an int size and no do_rescale."""
@@ -193,6 +196,7 @@ def test_older_layout_pytorch_bin_float16_and_feature_extractor_config(tf, segfo
     torch.testing.assert_close(seg.class_scores(x, 3), ref.softmax(1)[:, 3].mean((1, 2)), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_resolution_and_size_options(segformer, tmp_path):
     folder, model, processor = segformer
     x, pil_images = renders(3)
@@ -210,6 +214,7 @@ def test_resolution_and_size_options(segformer, tmp_path):
 
 
 @pytest.mark.parametrize("budget", [None, 5 * 64 * 64])
+@pytest.mark.slow
 def test_class_scores_are_differentiable(segformer, monkeypatch, budget):
     """The gradient of class_scores equals the float64 gradient of the score written out by hand:
     mean over pixels of softmax(upsample(model((x + 1) / 2 - mean) / std)))[c]. With a small budget the
@@ -237,6 +242,7 @@ def test_class_scores_are_differentiable(segformer, monkeypatch, budget):
     assert (seg.segment(x) == labels).float().mean() > 0.999
 
 
+@pytest.mark.slow
 def test_upernet_convnext_and_dpt_folders(tf, tmp_path):
     x, pil_images = renders(3, start=20)
     torch.manual_seed(0)
@@ -272,6 +278,7 @@ class Areas:
         return {"counts": counts.tolist(), "shape": list(batch.labels.shape)}
 
 
+@pytest.mark.slow
 def test_registered_with_a_model_card_line_and_runs_in_gandid(segformer, testkit, tmp_path):
     from gandid.config import RunConfig
     from gandid.runner import run

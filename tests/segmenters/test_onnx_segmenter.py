@@ -92,6 +92,7 @@ def assert_same_labels(labels, ref_logits, margin=1e-3):
     assert clear.float().mean() > 0.95
 
 
+@pytest.mark.slow
 def test_nchw_model_segments_as_the_torch_model(models):
     path, net = models["nchw"]
     seg = OnnxSegmenter(weights=str(path), labels=str(models["labels"]), batch_size=3)

@@ -123,6 +123,7 @@ def without(data, *keys):
 
 
 @pytest.mark.parametrize("mode", ["quantile", "iqr"])
+@pytest.mark.slow
 def test_a_repeated_or_empty_plane_changes_nothing(tmp_path, mode):
     """[L, L] and [L, none] show the same labels as L: every analysis's numbers are the same."""
     single = type("Single", (GroundTruthSegmenter,), {"labels": LABELS + ["upper"]})
@@ -137,6 +138,7 @@ def test_a_repeated_or_empty_plane_changes_nothing(tmp_path, mode):
         assert got["ace"] == reference["ace"] and got["did"] == reference["did"]
 
 
+@pytest.mark.slow
 def test_dissection_iou_with_a_second_plane_label_recomputed_here(tmp_path):
     got = run_with(tmp_path, "planes", PlanesSegmenter)["dissect"]
     units = got["layers"]["feat"]["units"]
@@ -155,6 +157,7 @@ def test_dissection_iou_with_a_second_plane_label_recomputed_here(tmp_path):
     assert got["categories"] == ["object", "part"] and got["category_conditioned"]
 
 
+@pytest.mark.slow
 def test_ace_refuses_a_segmenter_without_gradients_when_screening_or_optimising_alpha(tmp_path):
     """An ONNX-like segmenter (differentiable = False): the screen and the α optimisation are refused before
     any work, naming the settings that run ACE without them; with them, ACE runs."""
@@ -175,6 +178,7 @@ class HalfSizeSegmenter(GroundTruthSegmenter):
         return super().segment(images)[:, ::2, ::2]
 
 
+@pytest.mark.slow
 def test_dissection_at_the_labels_size(tmp_path):
     got = run_with(tmp_path, "half", HalfSizeSegmenter)["dissect"]
     gen, seg = GroundTruthGenerator(), GroundTruthSegmenter()

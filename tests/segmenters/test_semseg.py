@@ -33,6 +33,7 @@ def root(tmp_path_factory):
 
 
 @pytest.mark.parametrize("encoder,decoder,epoch", ARCHS)
+@pytest.mark.slow
 def test_segments_like_the_reference(root, encoder, decoder, epoch):
     folder = root / f"ade20k-{encoder}-{decoder}"
     enc, dec = write_semseg_folder(folder, encoder, decoder, epoch=epoch, seed=len(encoder))
@@ -55,6 +56,7 @@ def test_segments_like_the_reference(root, encoder, decoder, epoch):
     assert torch.equal(out[clear], expected[clear])
 
 
+@pytest.mark.slow
 def test_labels_background_and_class_scores(root):
     folder = root / "ade20k-resnet18dilated-ppm_deepsup"
     enc, dec = write_semseg_folder(folder, "resnet18dilated", "ppm_deepsup")
@@ -76,6 +78,7 @@ def test_labels_background_and_class_scores(root):
     assert float(x.grad.abs().sum()) > 0
 
 
+@pytest.mark.slow
 def test_netdissect_folder_names_and_labels_file(tmp_path):
     """netdissect's older architecture names and its labels.json (names, image format, segsizes)."""
     folder = tmp_path / "baseline-resnet50_dilated8-ppm_bilinear_deepsup"
@@ -100,6 +103,7 @@ def test_netdissect_folder_names_and_labels_file(tmp_path):
     assert torch.equal(seg.segment(imgs), expected)
 
 
+@pytest.mark.slow
 def test_batches_and_downsampling(root):
     folder = root / "ade20k-resnet50-upernet"
     write_semseg_folder(folder, "resnet50", "upernet", epoch=30)
@@ -109,6 +113,7 @@ def test_batches_and_downsampling(root):
     assert semseg(weights=str(folder), sizes=[64], downsample=4).segment(imgs).shape == (5, 16, 16)
 
 
+@pytest.mark.slow
 def test_safetensors_and_data_parallel_prefixes(tmp_path):
     """The same weights as .safetensors, and as saved from nn.DataParallel ('module.' on every key)."""
     from safetensors.torch import save_file
@@ -218,6 +223,7 @@ PUBLISHED_SHAPES = {
 
 
 @pytest.mark.parametrize("encoder,decoder,epoch", ARCHS)
+@pytest.mark.slow
 def test_the_published_widths_pass_the_layout_check(encoder, decoder, epoch):
     """Every file above at its published width (divisor 1, as downloaded), not only at 1/16: the test
     builders' state dicts pass the plugin's layout check key by key, with upstream's shapes."""
@@ -244,6 +250,7 @@ def test_the_published_widths_pass_the_layout_check(encoder, decoder, epoch):
             assert tuple(state[key].shape) == shape, (part, key)
 
 
+@pytest.mark.slow
 def test_a_published_width_file_segments_like_the_reference(tmp_path):
     """ade20k-resnet50dilated-ppm_deepsup as downloaded (full width): loaded from its files and run."""
     folder = tmp_path / "ade20k-resnet50dilated-ppm_deepsup"

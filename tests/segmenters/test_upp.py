@@ -39,6 +39,7 @@ def folder(tmp_path_factory):
 
 @pytest.mark.parametrize("h,w", [(1, 1), (2, 2), (3, 5), (7, 4), (8, 8)])
 @pytest.mark.parametrize("bins", [1, 2, 3, 6])
+@pytest.mark.slow
 def test_prroi_pool_is_the_integral_of_the_bilinear_surface(h, w, bins):
     x = torch.randn(2, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(h * 10 + w))
     torch.testing.assert_close(segnets.prroi_pool_whole(x, bins), ref_prroi(x, bins), rtol=1e-12, atol=1e-12)
@@ -82,6 +83,7 @@ def no_label_as_minus_one(labels):
 
 
 
+@pytest.mark.slow
 def test_segments_like_the_reference(folder):
     path, enc, dec = folder
     seg = upp(weights=str(path), sizes=[64, 96], downsample=2)
@@ -115,6 +117,7 @@ def test_segments_like_the_reference(folder):
     assert torch.equal(out32[:, 0][clear], expected[:, 0][clear])
 
 
+@pytest.mark.slow
 def test_undivided_single_size_full_resolution(folder):
     path, enc, dec = folder
     seg = upp(weights=str(path), sizes=[64], segdiv="undivided", dtype="float64")
@@ -127,6 +130,7 @@ def test_undivided_single_size_full_resolution(folder):
     assert len(seg.labels) == 1 + 11 + 4 + 5
 
 
+@pytest.mark.slow
 def test_batches_give_the_same_labels(folder):
     path, _, _ = folder
     imgs = images(5, 64, seed=3)
@@ -154,6 +158,7 @@ def test_vocabulary_and_categories(folder):
     assert [cat for _, cat in reference] == [seg.categories[name] for name in seg.labels]
 
 
+@pytest.mark.slow
 def test_class_scores_are_the_soft_pixel_fractions(folder):
     path, enc, dec = folder
     seg = upp(weights=str(path), sizes=[64, 96], downsample=2, dtype="float64")
@@ -242,6 +247,7 @@ def test_labels_that_do_not_match_the_decoder(folder, tmp_path):
         upp(weights=str(target))
 
 
+@pytest.mark.slow
 def test_decoder_or_encoder_of_another_architecture(folder, tmp_path):
     target = copy(folder, tmp_path)
     torch.save(semseg_decoder_state("ppm_deepsup", 128, 150, 16), target / "decoder_epoch_40.pth")
@@ -285,6 +291,7 @@ def test_registered_as_a_segmenter():
     assert "Unified Perceptual Parsing" in entry.description
 
 
+@pytest.mark.slow
 def test_gandid_run_pggan_with_upp_end_to_end(folder, tmp_path):
     """`gandid run --generator pggan --weights G.pth --segmenter upp --seg-weights DIR` on random-weight files,
     through the command line (installed plugins, the small sizes in a config file): every analysis
@@ -331,6 +338,7 @@ top_share_units = 2
     assert (out / "entangle.json").exists() and (out / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_a_published_width_folder_segments_like_the_reference(tmp_path):
     """upp-resnet50-upernet at its published width (as downloaded; the other tests use 1/16): loaded
     from its files and run, against the float64 reference."""

@@ -76,6 +76,7 @@ def first_sample_with(present, absent=()):
 
 
 # -- reading the run ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_run_info_describes_the_run_and_its_results(served):
     out, client = served
     info = client.get("/api/run").json()
@@ -271,6 +272,7 @@ def test_bad_sample_index_gets_400(served, index):
     assert r.status_code == 400 and "'sample'" in r.json()["error"]
 
 
+@pytest.mark.slow
 def test_unknown_host_header_is_refused_when_hosts_are_restricted(tmp_path):
     reg = build_run(tmp_path / "run")
     app = create_app(tmp_path / "run", registry=reg, device="cpu", allowed_hosts=["127.0.0.1", "localhost"])
@@ -341,6 +343,7 @@ def test_cli_refuses_a_folder_without_a_run_and_warns_off_localhost(tmp_path, mo
     assert cli.main(["serve", str(tmp_path), "--port", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_served_with_what_it_finished(tmp_path):
     reg = build_run(tmp_path / "run")
     record_path = tmp_path / "run" / "run.json"
@@ -361,6 +364,7 @@ def test_an_interrupted_run_is_served_with_what_it_finished(tmp_path):
     assert arms["sites"] == ["paint.norm"] and len(arms["arms"]) == 4
 
 
+@pytest.mark.slow
 def test_missing_weights_say_where_relative_paths_are_read_from(tmp_path):
     reg = build_run(tmp_path / "run")
     record_path = tmp_path / "run" / "run.json"

@@ -16,6 +16,8 @@ from gandid.serve.app import create_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"  # Playwright's own browser download is not used: the system Chromium
 pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no system Chromium at {CHROMIUM}"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]

@@ -14,6 +14,8 @@ from gt_run import build_run, serving  # noqa: E402
 
 from gandid.serve.app import create_app  # noqa: E402
 
+pytestmark = [pytest.mark.slow]
+
 CONCURRENT, ROUNDS = 50, 3
 
 

@@ -168,6 +168,8 @@ def test_descriptions_are_made_json_safe_and_checked():
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no system Chromium at {CHROMIUM}")
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_browser_shows_a_third_party_analysis(third_party_run):
     pytest.importorskip("uvicorn")
     sync_api = pytest.importorskip("playwright.sync_api")
