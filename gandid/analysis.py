@@ -15,11 +15,11 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 import torch
 
 from . import outdir
-from .checkpoints import load_error
 from .distributed import Collective
 from .errors import GandidError
 from .hooks import Trace
 from .model import iter_chunks
+from .state import load_state_file, save_state_file
 from .stats import Stat
 
 SAVE_EVERY_SECONDS = 10.0  # a stage's statistics reach the disk at most this often (and at the end)
@@ -76,20 +76,6 @@ class Batch:
     def seeds(self) -> range:
         """Sample indices: with the stream's seed they reproduce each image."""
         return range(self.start, self.start + len(self.z))
-
-
-def load_state_file(path: Path, stage: str) -> dict:
-    """A stage's saved statistics; a damaged file is named, with the two ways to start that stage over."""
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as exc:
-        raise GandidError(f"the saved state of stage {stage!r} is damaged: {path} ({load_error(exc)}). "
-                          f"Start over with --force, or delete {path} and --resume to redo only {stage!r}"
-                          ) from None
-    if not isinstance(state, dict):
-        raise GandidError(f"the saved state of stage {stage!r} in {path} is not a dict: delete it and --resume "
-                          f"to redo only {stage!r}, or start over with --force")
-    return state
 
 
 class RunContext:
@@ -252,8 +238,7 @@ class RunContext:
         if state is None:
             state = self.state
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        outdir.write_atomic(self._state_path, self._state_path.with_suffix(".tmp"),
-                            lambda tmp: torch.save(state, tmp), "state")
+        save_state_file(self._state_path, state)
 
     def load_state(self) -> dict | None:
         if not self._state_path.exists():

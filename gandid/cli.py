@@ -156,10 +156,10 @@ def cmd_run(args) -> int:
         with sigterm_interrupts():
             result = run(cfg, console=err_console)
     except KeyboardInterrupt as exc:
-        from .outdir import read_record
+        from .record import RunRecord
 
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        record = read_record(Path(cfg.out)) if Path(cfg.out).is_dir() else None
+        record = RunRecord.read(Path(cfg.out)) if Path(cfg.out).is_dir() else None
         if record is not None:
             err_console.print(f"[yellow]{what}: partial results are in {escape(cfg.out)}; continue with "
                               f"`gandid run ... --out {escape(cfg.out)} --resume` (the same options)[/yellow]")
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
+        from .version import __version__
 
         print(__version__)
         return 0

@@ -30,9 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import load_error
-from .errors import GandidError
-from .outdir import write_atomic
+from .state import exchange_path, load_exchange_file, load_state_file, save_state_file, state_path
 
 # How long a finished process waits for the others to finish too (rank 0 still writing the report).
 LEAVE_TIMEOUT = timedelta(minutes=10)
@@ -194,15 +192,12 @@ class ShardStop(Exception):
     """A shard reached the first exchange of a stage: its contribution is on disk, the rest is the merge's."""
 
 
-EXCHANGE_DIR = "exchange"  # under a shard's state/: STAGE.pt, what the shard contributes to the merge
-
-
 class Shard(Collective):
     """Shard ``index`` of ``count`` (``gandid run --shard K/N``): no process group and no waiting."""
 
     def __init__(self, index: int, count: int, out_dir: str | Path):
         self.rank, self.world_size = index, count
-        self.exchange_dir = Path(out_dir) / "state" / EXCHANGE_DIR
+        self.out_dir = Path(out_dir)
 
     @property
     def is_writer(self) -> bool:
@@ -214,10 +209,10 @@ class Shard(Collective):
     def all_gather(self, value, decides: bool = False) -> list:
         if decides:
             return [value]
-        self.exchange_dir.mkdir(parents=True, exist_ok=True)
-        path = self.exchange_dir / f"{self.stage}.pt"
+        path = exchange_path(self.out_dir, self.stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
         value = _walk(value, lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v)
-        write_atomic(path, path.with_suffix(".tmp"), lambda tmp: torch.save(value, tmp), "exchange")
+        save_state_file(path, value, "exchange")
         raise ShardStop(self.stage)
 
     def describe(self) -> dict:
@@ -242,9 +237,7 @@ class Merge(Collective):
     def initial_state(self, local: dict) -> dict:
         if not self.pending:
             return local
-        from .analysis import load_state_file
-
-        path = self.shard_dirs[0] / "state" / f"{self.stage}.pt"
+        path = state_path(self.shard_dirs[0], self.stage)
         state = load_state_file(path, self.stage) if path.exists() else {}
         return {k: v for k, v in state.items() if k != "tally"}
 
@@ -255,15 +248,7 @@ class Merge(Collective):
         if not self.pending or decides:
             return [value]
         self.pending = False
-        out = []
-        for folder in self.shard_dirs:
-            path = folder / "state" / EXCHANGE_DIR / f"{self.stage}.pt"
-            try:
-                out.append(torch.load(path, weights_only=True))  # tensors on the CPU
-            except Exception as exc:
-                raise GandidError(f"gandid merge: the shard statistics of stage {self.stage!r} in {path} cannot be "
-                                  f"read ({load_error(exc)}): run that shard again with --force") from None
-        return out
+        return [load_exchange_file(exchange_path(folder, self.stage), self.stage) for folder in self.shard_dirs]
 
     def describe(self) -> dict:
         return {"world_size": len(self.shard_dirs), "backend": None, "merged_from": [str(d) for d in self.shard_dirs]}

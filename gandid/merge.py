@@ -13,25 +13,26 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import outdir
 from .config import RunConfig, parse_shard
-from .distributed import EXCHANGE_DIR, Merge
+from .distributed import Merge
 from .errors import ConfigError
+from .record import RunRecord
+from .state import EXCHANGE_DIR, exchange_path
 
 _PER_SHARD = ("out", "shard", "resume", "force", "require_fused")  # config keys that may differ between shards
 
 
-def read_shards(folders: list[str | Path]) -> list[tuple[Path, dict]]:
+def read_shards(folders: list[str | Path]) -> list[tuple[Path, RunRecord]]:
     """The shards' folders and run.json records, in shard order, refused clearly unless they are the
     complete, consistent set of one run's shards."""
     if not folders:
         raise ConfigError("gandid merge: give the shard folders (written by `gandid run --shard K/N`)")
     shards = []
     for folder in map(Path, folders):
-        record = outdir.read_record(folder)
+        record = RunRecord.read(folder)
         if record is None:
             raise ConfigError(f"gandid merge: {str(folder)!r} is not a gandid output folder (no gandid run.json)")
-        shard = record["config"].get("shard")
+        shard = record.config.get("shard")
         if shard is None:
             raise ConfigError(f"gandid merge: {str(folder)!r} is a whole run, not a shard (it was not run with --shard)")
         shards.append((folder, record, parse_shard(shard)))
@@ -52,33 +53,33 @@ def read_shards(folders: list[str | Path]) -> list[tuple[Path, dict]]:
                           f"shard of the {count} must be given")
     shards.sort(key=lambda item: item[2][0])
     first_folder, first, _ = shards[0]
-    base = {k: v for k, v in first["config"].items() if k not in _PER_SHARD}
+    base = {k: v for k, v in first.config.items() if k not in _PER_SHARD}
     for folder, record, (index, _) in shards:
-        config = {k: v for k, v in record["config"].items() if k not in _PER_SHARD}
+        config = {k: v for k, v in record.config.items() if k not in _PER_SHARD}
         differ = sorted(k for k in set(base) | set(config) if base.get(k) != config.get(k))
         if differ:
             raise ConfigError(f"gandid merge: shard {index} ({str(folder)!r}) was run with another config than shard "
                               f"0 ({str(first_folder)!r}) in: {', '.join(differ)}")
-        if record.get("versions") != first.get("versions"):
+        if record.versions != first.versions:
             raise ConfigError(f"gandid merge: shard {index} ({str(folder)!r}) was run with other versions of gandid, "
-                              f"torch or the plugins than shard 0: {record.get('versions')} vs {first.get('versions')}")
-        if record.get("status") != "shard_done":
+                              f"torch or the plugins than shard 0: {record.versions} vs {first.versions}")
+        if record.status != "shard_done":
             raise ConfigError(f"gandid merge: shard {index} ({str(folder)!r}) has not finished (status "
-                              f"{record.get('status')!r}): run it again with --resume")
+                              f"{record.status!r}): run it again with --resume")
     return [(folder, record) for folder, record, _ in shards]
 
 
-def contributed_stages(shards: list[tuple[Path, dict]]) -> set[str]:
+def contributed_stages(shards: list[tuple[Path, RunRecord]]) -> set[str]:
     """Stages every shard contributed to (the same in all of them, each with its exchange file)."""
     stages = None
     for folder, record in shards:
-        mine = {name for name, stage in record["stages"].items() if stage.get("status") == "contributed"}
+        mine = {name for name, stage in record.stages.items() if stage.status == "contributed"}
         if stages is not None and mine != stages:
             raise ConfigError(f"gandid merge: {str(folder)!r} contributed to other stages ({sorted(mine)}) than the "
                               f"first shard ({sorted(stages)}): were they run with the same analyses?")
         stages = mine
         for name in mine:
-            if not (folder / "state" / EXCHANGE_DIR / f"{name}.pt").exists():
+            if not exchange_path(folder, name).exists():
                 raise ConfigError(f"gandid merge: {str(folder)!r} lacks state/{EXCHANGE_DIR}/{name}.pt: run the shard "
                                   "again with --resume")
     return stages or set()
@@ -91,7 +92,7 @@ def merge(folders: list[str | Path], out: str, force: bool = False, registry=Non
 
     shards = read_shards(folders)
     contributed = contributed_stages(shards)
-    config = {k: v for k, v in shards[0][1]["config"].items() if k not in _PER_SHARD}
+    config = {k: v for k, v in shards[0][1].config.items() if k not in _PER_SHARD}
     cfg = RunConfig.from_dict(dict(config, out=str(out), force=bool(force)))
     collective = Merge([folder for folder, _ in shards], contributed)
     return run(cfg, registry=registry, console=console, collective=collective)

@@ -20,7 +20,6 @@ from .locks import ProcessLock, describe_holder
 MARKER = "gandid.run/1"  # run.json's "format": what tells gandid's run.json from anyone else's
 LOCK_NAME = ".gandid.lock"
 STATE_DIR = "state"
-_SCHEMA = {"format": str, "config": dict, "stages": dict, "files": list, "status": str}
 
 
 # Why a file could not be written, in words (OSError.errno -> phrase), and which of those mean "full".
@@ -119,20 +118,6 @@ class OutputLock(ProcessLock):
 
     def __exit__(self, *exc):
         self.release()
-
-
-def read_record(out: Path) -> dict | None:
-    """run.json of ``out`` if it is gandid's (format marker and schema), else None."""
-    path = Path(out) / "run.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("format") != MARKER:
-        return None
-    if any(not isinstance(record.get(key), kind) for key, kind in _SCHEMA.items()):
-        return None
-    return record
 
 
 def is_empty(out: Path) -> bool:

@@ -24,8 +24,8 @@ from ..errors import GandidError
 from ..hooks import features_at
 from ..intervene import ARM_TITLES, BetaControl, Intervention, counterfactuals, variants
 from ..model import find_layer
+from ..models import build_models, model_options, resolve_device
 from ..registry import Registry, get_registry
-from ..runner import build_models, model_options, resolve_device
 from ..segmentation import class_fractions, label_planes
 from .describe import describe
 

@@ -430,7 +430,7 @@ def test_every_progress_bar_has_a_total(tmp_path, monkeypatch):
 
     from ground_truth import GroundTruthGenerator, GroundTruthSegmenter
 
-    import gandid.runner
+    import gandid.progress
     import gandid_plugins.analyses.ace
     import gandid_plugins.analyses.did
     import gandid_plugins.analyses.dissect
@@ -438,12 +438,12 @@ def test_every_progress_bar_has_a_total(tmp_path, monkeypatch):
 
     totals = []
 
-    class RecordingProgress(gandid.runner.Progress):
+    class RecordingProgress(gandid.progress.Progress):
         def add_task(self, description, *args, total=100.0, **kwargs):
             totals.append((description, total))
             return super().add_task(description, *args, total=total, **kwargs)
 
-    monkeypatch.setattr(gandid.runner, "Progress", RecordingProgress)
+    monkeypatch.setattr(gandid.progress, "Progress", RecordingProgress)
     module = types.ModuleType("gt")
     module.gandid_register_generators = hookimpl(lambda register: register("gt", GroundTruthGenerator))
     module.gandid_register_segmenters = hookimpl(lambda register: register("gt", GroundTruthSegmenter))
