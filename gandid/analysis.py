@@ -23,7 +23,7 @@ from .state import load_state_file, save_state_file
 from .stats import Stat
 
 SAVE_EVERY_SECONDS = 10.0  # a stage's statistics reach the disk at most this often (and at the end)
-ANALYSIS_OPTIONAL = ("requires", "after", "needs_segmenter", "check", "report_section", "report_findings")
+ANALYSIS_OPTIONAL = ("requires", "after", "needs_segmenter", "check", "report_section", "report_findings", "explorer")
 
 
 @runtime_checkable

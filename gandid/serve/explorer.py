@@ -25,6 +25,7 @@ from ..hooks import features_at
 from ..intervene import ARM_TITLES, BetaControl, Intervention, counterfactuals, variants
 from ..model import find_layer
 from ..models import build_models, model_options, resolve_device
+from ..record import RunRecord
 from ..registry import Registry, get_registry
 from ..segmentation import class_fractions, label_planes
 from .describe import describe
@@ -121,16 +122,19 @@ class Explorer:
         self._views: dict[str, tuple] = {}  # analysis -> (its result's stamp and options, description)
         record, config = self._read_record()
         self._use(record, config, self._build_models(config))
-        status = record.get("status")
+        status = record.status
         if status not in FINISHED:
             _warn(f"run.json says this run is {status!r}, not finished: serving what it has written so far. The server "
                   "re-reads run.json whenever the run rewrites it: reload the page to see what it has added since.")
 
-    def _read_record(self) -> tuple[dict, RunConfig]:
+    def _read_record(self) -> tuple[RunRecord, RunConfig]:
+        """run.json through the run's own reader, and the config the models are rebuilt from."""
+        record = RunRecord.read(self.run_dir)
         try:
-            record = json.loads(self.record_path.read_text())
-            return record, RunConfig.from_dict(record["config"])
-        except (OSError, ValueError, KeyError, TypeError, GandidError) as exc:
+            if record is None:
+                raise ValueError("not a gandid run record: no format marker, unreadable, or not its schema")
+            return record, RunConfig.from_dict(record.config)
+        except (ValueError, KeyError, TypeError, GandidError) as exc:
             raise GandidError(f"{self.record_path} is damaged or from another gandid ({exc}): serve a run written by "
                               "this version, or run it again") from None
 
@@ -150,7 +154,7 @@ class Explorer:
                 model.eval()
         return generator, segmenter
 
-    def _use(self, record: dict, config: RunConfig, models: tuple | None) -> None:
+    def _use(self, record: RunRecord, config: RunConfig, models: tuple | None) -> None:
         """Serve ``record`` (and ``models``, when given: from the next model call on)."""
         if models is None:  # the same models: no need to wait for a model call in flight
             self.record, self.config = record, config
@@ -184,18 +188,18 @@ class Explorer:
     # -- what the run is -----------------------------------------------------------------------
     def info(self) -> dict:
         self.refresh()
-        stages = self.record.get("stages") or {}
+        stages = self.record.stages
         gen = self.generator
         return {  # the JSON API's /api/run (docs/serve.md)
-            "name": self.run_dir.name, "status": self.record.get("status"), "generator": self.config.generator,
+            "name": self.run_dir.name, "status": self.record.status, "generator": self.config.generator,
             "segmenter": self.config.segmenter, "seed": self.config.seed, "samples": self.config.samples,
             "resolution": gen.resolution, "device": self.device,
             "layers": [{"name": l.name, "channels": l.channels, "size": list(l.size)} for l in gen.layers],
-            "analysed_layers": list(self.record.get("layers") or []), "labels": self.labels,
+            "analysed_layers": list(self.record.layers or []), "labels": self.labels,
             "colours": self.colours.tolist(),
-            "analyses": {name: {"status": (stage or {}).get("status"), "result": self._result_path(name) is not None}
+            "analyses": {name: {"status": stage.status, "result": self._result_path(name) is not None}
                          for name, stage in stages.items()},
-            "did_sites": self._did_sites(), "arm_titles": dict(ARM_TITLES), "files": list(self.record.get("files") or []),
+            "did_sites": self._did_sites(), "arm_titles": dict(ARM_TITLES), "files": list(self.record.files),
             "limits": {"max_sample": MAX_SAMPLE, "max_images": MAX_IMAGES, "max_value": MAX_VALUE},
         }
 
@@ -205,9 +209,9 @@ class Explorer:
         ``error`` says why an analysis that has one could not be described (the others are still shown)."""
         self.refresh()
         out = []
-        for name, stage in (self.record.get("stages") or {}).items():
+        for name, stage in self.record.stages.items():
             path = self._result_path(name)
-            entry = {"name": name, "status": (stage or {}).get("status"), "result": path is not None, "view": None,
+            entry = {"name": name, "status": stage.status, "result": path is not None, "view": None,
                      "error": None}
             if path is not None:
                 try:
@@ -236,9 +240,8 @@ class Explorer:
         return view
 
     def _result_path(self, analysis: str) -> Path | None:
-        stage = (self.record.get("stages") or {}).get(analysis)
         path = self.run_dir / f"{analysis}.json"
-        if not isinstance(stage, dict) or stage.get("status") != "done" or not path.is_file():
+        if self.record.stage_status(analysis) != "done" or not path.is_file():
             return None
         return path
 
@@ -250,7 +253,7 @@ class Explorer:
     def _read_result(self, analysis: str) -> dict:
         path = self._result_path(analysis)
         if path is None:
-            done = [name for name in (self.record.get("stages") or {}) if self._result_path(name)]
+            done = [name for name in self.record.stages if self._result_path(name)]
             raise NotFound(f"this run has no finished result of analysis {analysis!r} (it has: {', '.join(done) or 'none'})")
         # the runs write NaN where a number is undefined (e.g. a lift over zero chance); JSON has no NaN
         return json.loads(path.read_text(), parse_constant=lambda name: None)
@@ -259,7 +262,7 @@ class Explorer:
         """A file the run lists in run.json, inside the run folder; anything else is NotFound."""
         self.refresh()
         missing = NotFound(f"no file {relative!r} in this run (only the files run.json lists are served)")
-        if relative not in set(self.record.get("files") or []) or "\x00" in relative:
+        if relative not in set(self.record.files) or "\x00" in relative:
             raise missing  # before any file system call: they raise ValueError on a NUL
         path = (self.run_dir / relative).resolve()
         if not path.is_relative_to(self.run_dir) or not path.is_file():

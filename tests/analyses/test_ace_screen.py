@@ -110,6 +110,7 @@ def test_the_screen_widens_when_the_exact_top_k_sits_at_its_edge(tmp_path, monke
             assert value is None or value == exhaustive[name]["unit_ace"][u], (name, u)
 
 
+@pytest.mark.slow
 def test_a_poorly_ranking_screen_falls_back_to_every_unit(tmp_path):
     """Rank correlation of estimate and exact ACE over the measured units below the floor: every unit of
     the class is measured, and the values are the exhaustive ones."""

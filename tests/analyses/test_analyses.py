@@ -88,6 +88,7 @@ def test_dissect_finds_the_planted_units(tmp_path, gt_registry, mode, options):
     assert all(len(units[u]["top_seeds"]) == 8 for u in units)
 
 
+@pytest.mark.slow
 def test_dissect_statistics_merge_from_two_halves(tmp_path, gt_registry):
     """Resuming after half the samples (statistics saved, then continued) equals one pass."""
     whole = run(gt_config(tmp_path, out=str(tmp_path / "whole")), registry=gt_registry).results["dissect"]

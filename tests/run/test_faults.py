@@ -64,6 +64,7 @@ def test_force_refuses_a_folder_whose_run_json_is_not_gandids(tmp_path, registry
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_force_removes_the_runs_files_and_keeps_the_users(tmp_path, registry, user_files):
     home, home_before = user_files
     out = tmp_path / "out"
@@ -164,6 +165,7 @@ def test_integer_weights_are_refused(tmp_path, pggan_registry):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_half_precision_weights_are_converted_and_recorded(tmp_path, pggan_registry):
     from pggan_files import make_state_dict
     from safetensors.torch import save_file
@@ -187,6 +189,7 @@ def _interrupted(tmp_path, registry):
     return config
 
 
+@pytest.mark.slow
 def test_a_damaged_state_file_is_named_with_the_fix(tmp_path, registry, user_files, installed_plugins):
     home, home_before = user_files
     config = _interrupted(tmp_path, registry)
@@ -213,6 +216,7 @@ def test_a_state_file_holding_objects_is_refused_without_torchs_advice(tmp_path,
     assert "weights_only" not in message and "will likely succeed" not in message
 
 
+@pytest.mark.slow
 def test_a_damaged_result_of_a_finished_stage_is_named_with_the_fix(tmp_path, registry):
     config = cfg(tmp_path, analysis=["count", "unitstats"])
     whole = run(config, registry=registry)
@@ -224,6 +228,7 @@ def test_a_damaged_result_of_a_finished_stage_is_named_with_the_fix(tmp_path, re
     assert run(config, registry=registry).results["count"] == whole.results["count"]
 
 
+@pytest.mark.slow
 def test_kill_9_leftovers_are_cleaned_up_on_resume(tmp_path, registry):
     whole = run(cfg(tmp_path, out=str(tmp_path / "whole")), registry=registry)
     config = _interrupted(tmp_path, registry)
@@ -245,6 +250,7 @@ def test_kill_9_leftovers_are_cleaned_up_on_resume(tmp_path, registry):
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_kill_9_leftovers_are_cleaned_up_by_force(tmp_path, registry):
     _interrupted(tmp_path, registry)
     out = tmp_path / "out"
@@ -275,6 +281,7 @@ def test_option_types_from_the_factories_annotations(tmp_path, registry, options
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_options_of_an_installed_but_unselected_analysis_are_ignored_with_a_note(tmp_path, registry):
     result = run(cfg(tmp_path, analysis_options={"unitstats": {"top": 2}}), registry=registry)
     assert result.status == "completed"
@@ -308,6 +315,7 @@ def _toml(tmp_path, config, **analysis_options) -> Path:
     ("entangle", {"background": ["wall", "flor"]}, "unknown class in entangle's background 'flor'; did you mean "
                                                    "'floor' or 'door'?"),
 ])
+@pytest.mark.slow
 def test_real_analyses_refuse_bad_options_before_any_work(tmp_path, analysis, options, message):
     """The shipped plugins and the toyroom models, through the command line: a message, never a traceback."""
     config = RunConfig(analysis=["dissect", "ace", "did", "entangle"], out=str(tmp_path / "out"), samples=4,
@@ -387,6 +395,7 @@ def test_a_pickle_with_code_is_refused_without_suggesting_weights_only_false(tmp
         load_state_dict_file(tmp_path / "global.pth")
 
 
+@pytest.mark.slow
 def test_a_third_party_plugin_named_like_a_builtin_is_listed_with_why(tmp_path):
     pkg = tmp_path / "src"
     (pkg / "fake_ace").mkdir(parents=True)
@@ -424,6 +433,7 @@ def test_a_third_party_plugin_named_like_a_builtin_is_listed_with_why(tmp_path):
 
 
 # -- 9. progress: every bar has a total ------------------------------------------------------------
+@pytest.mark.slow
 def test_every_progress_bar_has_a_total(tmp_path, monkeypatch):
     """The shipped analyses on the planted ground-truth generator: no bar without a total (so no ETA)."""
     import types
@@ -463,6 +473,7 @@ def test_every_progress_bar_has_a_total(tmp_path, monkeypatch):
 
 # -- what already worked, kept covered: real signals to a real `gandid run` ---------------------------
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.slow
 def test_a_signalled_cli_run_resumes_to_the_same_numbers(tmp_path, installed_plugins, sig):
     def args(out, *extra):
         return ["run", "--generator", "tiny", "--segmenter", "tiny", "--analysis", "count", "--samples", "40",
