@@ -10,7 +10,7 @@ import math
 
 from ..errors import GandidError
 
-KEYS = ("units", "absent", "unit_sets", "classes")  # a description's top-level keys
+KEYS = ("units", "absent", "unit_sets", "classes", "controlled_sites")  # a description's top-level keys
 MAX_NODES = 5_000_000  # values in one description: far above a 512-unit, 150-class run; stops a runaway one
 
 
@@ -29,7 +29,8 @@ def describe(analysis, result: dict) -> dict | None:
     unknown = sorted(set(view) - set(KEYS))
     if unknown:
         raise BadDescription(f"explorer() returned unknown keys {unknown} (allowed: {', '.join(KEYS)})")
-    for key, kind in (("units", dict), ("unit_sets", list), ("classes", dict), ("absent", str)):
+    for key, kind in (("units", dict), ("unit_sets", list), ("classes", dict), ("absent", str),
+                      ("controlled_sites", dict)):
         if key in view and not isinstance(view[key], kind):
             raise BadDescription(f"explorer()'s {key!r} must be a {kind.__name__}, got {type(view[key]).__name__}")
     return json_safe(view)

@@ -4,10 +4,7 @@ four DID arms of an edit. No HTTP here (:mod:`gandid.serve.app` maps requests to
 """
 from __future__ import annotations
 
-import base64
-import colorsys
 import functools
-import io
 import json
 import math
 import sys
@@ -29,6 +26,7 @@ from ..record import RunRecord
 from ..registry import Registry, get_registry
 from ..segmentation import class_fractions, label_planes
 from .describe import describe
+from .pictures import eroded, heat, palette, png_data_url, to_rgb
 
 MAX_SAMPLE = 2 ** 31  # sample i is latent i of the run's seed: any non-negative index is valid
 MAX_IMAGES = 16  # samples per unit-images request
@@ -44,29 +42,6 @@ class BadRequest(GandidError):
 
 class NotFound(GandidError):
     """No such analysis result, file or layer (HTTP 404)."""
-
-
-def palette(n: int) -> list[list[int]]:
-    """n distinct RGB colours (0..255): label 0 dark grey, then hues a golden angle apart."""
-    colours = [[40, 40, 40]]
-    for i in range(1, n):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 if i % 2 else 0.9, 0.95)
-        colours.append([round(255 * r), round(255 * g), round(255 * b)])
-    return colours[:n]
-
-
-def png_data_url(rgb: torch.Tensor) -> str:
-    """(3, H, W) uint8 -> a PNG data URL."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb.permute(1, 2, 0).contiguous().cpu().numpy()).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def to_rgb(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in [-1, 1] -> uint8."""
-    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def _integer(body: dict, name: str, low: int, high: int) -> int:
@@ -270,13 +245,18 @@ class Explorer:
         return path
 
     def _did_sites(self, layer: str | None = None) -> list[str] | None:
-        """The norm sites the run's DID controlled (for an edit at another layer than the DID's: None, the
-        default sites from that layer on)."""
-        try:
-            did = self._read_result("did")  # no refresh: a model call keeps the models it started with
-            return None if layer is not None and did["layer"] != layer else list(did["sites"])
-        except (NotFound, KeyError, TypeError, ValueError):
-            return None
+        """The norm sites an analysis of the run controlled in its DID (its description's ``controlled_sites``),
+        for an edit at ``layer``; None (the default sites from the edited layer on) if none did at that layer."""
+        for name in self.record.stages:  # no refresh: a model call keeps the models it started with
+            path = self._result_path(name)
+            try:
+                view = self._description(name, path) if path is not None else None
+            except Exception:  # a broken description is reported by /api/analyses; here it only controls nothing
+                continue
+            sites = (view or {}).get("controlled_sites")
+            if isinstance(sites, dict) and (layer is None or sites.get("layer") == layer):
+                return [str(site) for site in sites.get("sites") or []]
+        return None
 
     # -- validation ----------------------------------------------------------------------------
     def sample_index(self, value) -> int:
@@ -382,7 +362,7 @@ class Explorer:
         for i, index in enumerate(indices):
             rgb = to_rgb(images[i])
             dimmed = (rgb.float() * torch.where(above[i], 1.0, 0.35)).round().to(torch.uint8)
-            edge = above[i] & ~_eroded(above[i])
+            edge = above[i] & ~eroded(above[i])
             dimmed[:, edge] = torch.tensor([255, 220, 0], dtype=torch.uint8).view(3, 1)
             out.append({"index": index, "image": png_data_url(rgb), "overlay": png_data_url(dimmed),
                         "area": round(float(above[i].float().mean()), 6)})
@@ -441,7 +421,7 @@ class Explorer:
             if did != 0:
                 area[label] = round(did, 6)
         return {"arms": views, "arm_titles": dict(ARM_TITLES), "sites": list(arms.sites), "values": values,
-                "did": {"image": png_data_url(_heat(magnitude)), "mean_abs": float(magnitude.mean()), "area": area},
+                "did": {"image": png_data_url(heat(magnitude)), "mean_abs": float(magnitude.mean()), "area": area},
                 "ms": round(1000 * (time.perf_counter() - started), 1)}
 
 
@@ -471,20 +451,6 @@ def _parsed(value, name: str, kind: type):
         except ValueError:
             raise BadRequest(f"{name!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
     return value
-
-
-def _eroded(mask: torch.Tensor) -> torch.Tensor:
-    """A boolean (H, W) mask shrunk by one pixel (3x3 neighbourhood): mask minus it is the outline."""
-    padded = F.pad(mask.float()[None, None], (1, 1, 1, 1), value=0.0)
-    kept = -F.max_pool2d(-padded, kernel_size=3, stride=1)  # a 3x3 minimum
-    return kept[0, 0] > 0.5
-
-
-def _heat(magnitude: torch.Tensor) -> torch.Tensor:
-    """(H, W) >= 0 -> (3, H, W) uint8, black to yellow, scaled to the largest value."""
-    scaled = magnitude / magnitude.max().clamp_min(1e-12)
-    rgb = torch.stack([scaled.clamp(0, 1), (scaled * 0.85).clamp(0, 1), (scaled - 0.7).clamp(0, 1)])
-    return (rgb * 255).round().to(torch.uint8)
 
 
 def _change(before: dict, after: dict) -> dict:

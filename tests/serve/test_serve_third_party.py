@@ -211,3 +211,24 @@ def test_the_browser_shows_a_third_party_analysis(third_party_run):
         assert "broken" in messages and "not a JSON value" in messages
         assert problems == []
         browser.close()
+
+
+class ControlsNothing(Plain):
+    """A third party's DID-like analysis that controlled no norm site at layer feat."""
+
+    def explorer(self, result):
+        return {"controlled_sites": {"layer": "feat", "sites": []}}
+
+
+def test_the_sites_paint_controls_come_from_an_analysis_description(tmp_path):
+    """Paint's DID arms control what an analysis of the run says it controlled (here: nothing), not every
+    site from the layer on as they do when no analysis says (test_serve_api's run without a DID result)."""
+    reg = registry_with(gt_plugin(), analyses={"controls": ControlsNothing})
+    cfg = RunConfig(generator="gt", segmenter="gt", analysis=["controls"], samples=8, batch_size=8, device="cpu",
+                    out=str(tmp_path / "run"), layer=["feat"])
+    assert run(cfg, registry=reg).status == "completed"
+    client = TestClient(create_app(tmp_path / "run", registry=reg, device="cpu"))
+    assert client.get("/api/run").json()["did_sites"] == []
+    edit = {"sample": 1, "layer": "feat", "units": [0], "mode": "ablate", "strength": 1.0}
+    arms = client.post("/api/arms", json=edit).json()
+    assert arms["sites"] == [] and len(arms["arms"]) == 4

@@ -6,9 +6,13 @@ FACT = {"format": "pct", "digits": 0}
 
 
 def explorer_view(result: dict) -> dict:
-    """did.json -> the explorer's description."""
-    return {"classes": {"missing": "No DID for this class.",
+    """did.json -> the explorer's description; the sites it controlled are the ones the explorer's DID arms
+    control for an edit at the same layer."""
+    view = {"classes": {"missing": "No DID for this class.",
                         "entries": {cls: {"blocks": [_table(cls, d)]} for cls, d in (result.get("classes") or {}).items()}}}
+    if result.get("layer") and result.get("sites") is not None:
+        view["controlled_sites"] = {"layer": result["layer"], "sites": list(result["sites"])}
+    return view
 
 
 def _table(cls: str, d: dict) -> dict:
