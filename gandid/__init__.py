@@ -12,7 +12,7 @@ __all__ = ["__version__", "hookimpl", "hookspec", "run", "load_generator", "load
 def run(config, **kwargs):
     """Run an analysis session; ``config`` is a :class:`gandid.config.RunConfig` or a dict.
 
-    Mirrors ``gandid run``; returns a :class:`gandid.runner.RunResult`.
+    Mirrors ``gandid run``; returns a :class:`gandid.stages.RunResult`.
     """
     from .runner import run as _run
 

@@ -28,7 +28,7 @@ ANALYSIS_OPTIONAL = ("requires", "after", "needs_segmenter", "check", "report_se
 
 @runtime_checkable
 class Analysis(Protocol):
-    """What the runner calls on an analysis. Optional members (:data:`ANALYSIS_OPTIONAL`):
+    """What the stage loop (:mod:`gandid.stages`) calls on an analysis. Optional members (:data:`ANALYSIS_OPTIONAL`):
 
     - ``requires``: names of analyses whose results it reads (``ctx.results[name]``); they run first.
     - ``after``: names of analyses it runs after when they are selected too (pipeline order).
@@ -94,7 +94,7 @@ class RunContext:
         self.progress = progress
         self.results = results
         self.artefacts: list[str] = []
-        self._on_artefact = on_artefact  # the runner lists each file in run.json as soon as it is made
+        self._on_artefact = on_artefact  # the stage loop lists each file in run.json as soon as it is made
         self._state: dict | None = None
         self.collective = collective or Collective()
         self.shares: list[dict] = []  # what this process took of each split loop, for run.json

@@ -5,13 +5,12 @@ import collections.abc
 import dataclasses
 import inspect
 import math
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import ConfigError, UnknownNameError
 

@@ -87,7 +87,7 @@ def contributed_stages(shards: list[tuple[Path, RunRecord]]) -> set[str]:
 
 def merge(folders: list[str | Path], out: str, force: bool = False, registry=None, console: Console | None = None):
     """Check the shards, then run the analyses into ``out`` as one process would have, with the
-    shards' work. Returns the :class:`gandid.runner.RunResult`."""
+    shards' work. Returns the :class:`gandid.stages.RunResult`."""
     from .runner import run
 
     shards = read_shards(folders)

@@ -29,7 +29,7 @@ from .distributed import Collective, process_device, split_threads
 from .errors import ConfigError, FusedOpUnavailable, GandidError, OutputExistsError, UnknownNameError
 from .model import find_layer
 from .models import as_config_error, build_models, build_plugin, model_options, resolve_device
-from .record import RunRecord, now
+from .record import RECORD_NAME, RunRecord, now
 from .registry import Registry, get_registry
 from .state import load_state_file, state_path
 
@@ -298,10 +298,12 @@ def claim_out_dir(cfg: RunConfig, out: Path) -> RunRecord | None:
         if cfg.resume:
             raise ConfigError(f"--resume: nothing to resume in {str(out)!r} (no run.json); run without --resume")
         return None
-    record = RunRecord.read(out)
-    has_run_json = (out / "run.json").exists()
-    not_ours = ("its run.json was not written by this gandid (no gandid format marker or an unreadable file)"
-                if has_run_json else "it has no run.json")
+    try:
+        record, why_not = RunRecord.load(out), None
+    except ValueError as exc:
+        record, why_not = None, str(exc)
+    not_ours = (f"its run.json was not written by this gandid ({why_not})" if (out / RECORD_NAME).exists()
+                else f"it has no {RECORD_NAME}")
     killed = record is not None and record.status == "running"
     if cfg.resume:
         if record is None:

@@ -40,7 +40,7 @@ class _JsonRecord:
         return tuple(f.name for f in fields(cls) if f.name not in ("extra", "key_order"))
 
     def to_json(self) -> dict:
-        """The JSON object: keys as read first, then the fields set since, then unknown keys read."""
+        """The JSON object: keys in the order they were read (unknown ones included), then the fields set since."""
         present = {key: getattr(self, key) for key in self.keys()
                    if getattr(self, key) is not None or key in self.key_order}
         present.update(self.extra)
@@ -141,17 +141,27 @@ class RunRecord(_JsonRecord):
     def read(cls, folder: Path) -> RunRecord | None:
         """``folder/run.json`` if it is gandid's (format marker and schema), else None."""
         try:
+            return cls.load(folder)
+        except ValueError:
+            return None
+
+    @classmethod
+    def load(cls, folder: Path) -> RunRecord:
+        """``folder/run.json``; ValueError saying why it is not gandid's (unreadable, no format marker, or a
+        key of the wrong kind), for messages that must say what is wrong with the file."""
+        try:
             data = json.loads((Path(folder) / RECORD_NAME).read_text())
-        except (OSError, ValueError):
-            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"unreadable: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != outdir.MARKER:
-            return None
-        if any(not isinstance(data.get(key), kind) for key, kind in _SCHEMA.items()):
-            return None
+            raise ValueError("no gandid format marker")
+        wrong = [key for key, kind in _SCHEMA.items() if not isinstance(data.get(key), kind)]
+        if wrong:
+            raise ValueError(f"{', '.join(map(repr, wrong))} missing or of the wrong kind")
         try:
             return cls.from_json(data)
-        except (TypeError, ValueError):
-            return None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
 
     # -- what a run changes --------------------------------------------------------------------
     def stage_status(self, name: str) -> str | None:

@@ -168,7 +168,7 @@ def create_app(run_dir: str | Path, registry=None, device: str = "cpu", queue: i
 
     async def run_info(request):
         await refreshed()
-        info = explorer.info()
+        info = await anyio.to_thread.run_sync(explorer.info)  # it may describe the analyses: not on the loop
         info["limits"]["queue"] = queue
         return JSONResponse(info)
 

@@ -22,7 +22,7 @@ from ..hooks import features_at
 from ..intervene import ARM_TITLES, BetaControl, Intervention, counterfactuals, variants
 from ..model import find_layer
 from ..models import build_models, model_options, resolve_device
-from ..record import RunRecord
+from ..record import RECORD_NAME, RunRecord
 from ..registry import Registry, get_registry
 from ..segmentation import class_fractions, label_planes
 from .describe import describe
@@ -85,7 +85,7 @@ class Explorer:
 
     def __init__(self, run_dir: str | Path, registry: Registry | None = None, device: str = "cpu"):
         self.run_dir = Path(run_dir).resolve()
-        self.record_path = self.run_dir / "run.json"
+        self.record_path = self.run_dir / RECORD_NAME
         if not self.record_path.is_file():
             raise GandidError(f"{str(run_dir)!r} is not a gandid run folder (no run.json): give the --out "
                               "folder of a `gandid run`")
@@ -104,12 +104,10 @@ class Explorer:
 
     def _read_record(self) -> tuple[RunRecord, RunConfig]:
         """run.json through the run's own reader, and the config the models are rebuilt from."""
-        record = RunRecord.read(self.run_dir)
         try:
-            if record is None:
-                raise ValueError("not a gandid run record: no format marker, unreadable, or not its schema")
+            record = RunRecord.load(self.run_dir)
             return record, RunConfig.from_dict(record.config)
-        except (ValueError, KeyError, TypeError, GandidError) as exc:
+        except (ValueError, TypeError, GandidError) as exc:
             raise GandidError(f"{self.record_path} is damaged or from another gandid ({exc}): serve a run written by "
                               "this version, or run it again") from None
 
@@ -197,22 +195,33 @@ class Explorer:
         return out
 
     def _description(self, name: str, path: Path) -> dict | None:
-        """``name``'s description, computed again only when its result file or options change."""
-        options = dict(self.config.analysis_options.get(name) or {})
+        """``name``'s description (or the error it raised), computed again only when its result file (at
+        ``path``) or the options the run used change."""
+        options = dict((self.record.analysis_options or self.config.analysis_options).get(name) or {})
         key = (_stamp(path), json.dumps(options, sort_keys=True, default=str))
         cached = self._views.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is None or cached[0] != key:
+            try:
+                cached = (key, describe(self._analysis(name, options), self._read_result(name)), None)
+            except Exception as exc:  # kept, so that a broken description is not recomputed on every request
+                cached = (key, None, exc)
+            self._views[name] = cached
+        if cached[2] is not None:
+            raise cached[2]
+        return cached[1]
+
+    def _analysis(self, name: str, options: dict):
+        """The analysis built with the run's options, or with its defaults where those no longer fit (a
+        description reads the result, not the options); the first error if neither builds."""
         try:
-            analysis = self.registry.create("analysis", name, **options)
-        except Exception:
+            return self.registry.create("analysis", name, **options)
+        except Exception as first:
             if not options:
                 raise
-            # a description reads the result, not the options: defaults do where the recorded ones no longer fit
-            analysis = self.registry.create("analysis", name)
-        view = describe(analysis, self._read_result(name))
-        self._views[name] = (key, view)
-        return view
+            try:
+                return self.registry.create("analysis", name)
+            except Exception:
+                raise first from None
 
     def _result_path(self, analysis: str) -> Path | None:
         path = self.run_dir / f"{analysis}.json"

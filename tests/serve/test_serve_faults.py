@@ -81,7 +81,7 @@ def test_a_body_at_the_depth_limit_is_parsed_and_judged_on_its_content(client):
 # -- NUL in paths ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/files/x%00.txt", "/files/samples.png%00", "/files/%00",
                                   "/files/a%00%2F..%2Frun.json", "/api/results/ace%00", "/api/results/%00",
-                                  "/static/app.js%00", "/api/sample/1%00"])
+                                  "/static/js/main.js%00", "/api/sample/1%00"])
 def test_a_nul_in_the_path_is_a_400_not_a_500(client, path):
     r = client.get(path)
     assert r.status_code == 400, (path, r.status_code, r.text)
